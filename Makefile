@@ -33,11 +33,14 @@ $(PROTO_STAMP): $(PROTOS) $(STAMP)
 run: install
 	$(PY) -m gateway serve --config $(CONFIG)
 
+# tritonclient's generated protobuf clashes with ours in one process, so its suite
+# (tests/triton) runs in a pytest process of its own.
 test: install
-	$(PY) -m pytest -q --durations=20 tests
+	$(PY) -m pytest -q --durations=20 --ignore=tests/triton tests
+	$(PY) -m pytest -q tests/triton
 
 test-quick: install
-	$(PY) -m pytest -q -x -m "not slow" tests
+	$(PY) -m pytest -q -x -m "not slow" --ignore=tests/triton tests
 
 lint: install
 	$(VENV)/bin/ruff check gateway lifecycle loadtests tests

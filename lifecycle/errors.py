@@ -7,6 +7,7 @@
     │   └── AliasNotFound
     ├── ConflictError                 a concurrent or duplicate write
     ├── PreconditionError             the state does not allow it (e.g. nothing to roll back to)
+    ├── InvalidArgument (ValueError)  a malformed name, status, digest or value from the caller
     ├── InvalidArtifact (ValueError)  bytes that are not a usable ONNX model for this signature
     ├── ArtifactError
     │   ├── ArtifactMissing (FileNotFoundError)
@@ -50,6 +51,10 @@ class ConflictError(LifecycleError):
 
 
 class PreconditionError(LifecycleError):
+    pass
+
+
+class InvalidArgument(LifecycleError, ValueError):
     pass
 
 

@@ -1,0 +1,334 @@
+"""Loads, warms, swaps and drains model versions; resolves a request to a ready version.
+
+Availability first (TF Serving's rule): a version is loaded and warmed before anything
+points at it, and closed only once its in-flight count is zero. All state here is mutated
+on the event loop thread; blocking work (artifact reads, session creation, warm-up,
+registry calls) runs in the executors passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from gateway.errors import ModelLoadError, ModelNotFound, NotReady, VersionNotFound
+from gateway.metrics import GatewayMetrics, VersionMetrics
+from gateway.runtime import OnnxModel, WarmupReport
+from gateway.settings import ModelSettings, Settings
+from gateway.stats import StatsBook, VersionStats
+from lifecycle.artifacts import ArtifactStore
+from lifecycle.domain import PRODUCTION, Signature
+from lifecycle.errors import AliasNotFound, ArtifactError, LifecycleError
+from lifecycle.registry import Registry
+
+log = logging.getLogger("gateway.models")
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class LoadedVersion:
+    model: str
+    version: int
+    onnx: OnnxModel
+    inline: bool
+    warmup: WarmupReport
+    stats: VersionStats
+    metrics: VersionMetrics
+    inflight: int = 0
+    draining: bool = False
+    _drained: asyncio.Event | None = None
+
+    def __post_init__(self) -> None:
+        self.label = str(self.version)
+
+    def release(self) -> None:
+        """Called when a request leaves; wakes a pending drain at zero."""
+        self.inflight -= 1
+        if self.draining and self.inflight == 0 and self._drained is not None:
+            self._drained.set()
+
+    async def drain(self) -> None:
+        self.draining = True
+        if self.inflight:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
+
+
+@dataclass(eq=False)
+class ServedModel:
+    name: str
+    settings: ModelSettings
+    signature: Signature
+    versions: dict[int, LoadedVersion] = field(default_factory=dict)
+    by_label: dict[str, LoadedVersion] = field(default_factory=dict)
+    production: LoadedVersion | None = None
+    explicit: set[int] = field(default_factory=set)
+    failures: dict[int, str] = field(default_factory=dict)
+    inflight: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def publish(self) -> None:
+        """Rebuild the label table in one assignment: readers see old or new, never a mix."""
+        self.by_label = {v.label: v for v in self.versions.values()}
+
+
+class ModelManager:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: Registry,
+        artifacts: ArtifactStore,
+        metrics: GatewayMetrics,
+        stats: StatsBook,
+        load_executor: Executor,
+        db_executor: Executor,
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._artifacts = artifacts
+        self._metrics = metrics
+        self._stats = stats
+        self._load_executor = load_executor
+        self._db_executor = db_executor
+        self._models: dict[str, ServedModel] = {}
+        self.on_change: Callable[[str], None] = lambda _model: None
+
+    # -- hot path -----------------------------------------------------------------------
+
+    def resolve(self, model: str, version: str) -> tuple[ServedModel, LoadedVersion]:
+        served = self._models.get(model)
+        if served is None:
+            raise ModelNotFound(model)
+        if not version:
+            chosen = served.production
+            if chosen is None:
+                raise NotReady(f"model '{model}' has no version loaded and ready")
+            return served, chosen
+        loaded = served.by_label.get(version)
+        if loaded is None:
+            raise VersionNotFound(model, version)
+        return served, loaded
+
+    # -- queries ------------------------------------------------------------------------
+
+    def get(self, model: str) -> ServedModel:
+        served = self._models.get(model)
+        if served is None:
+            raise ModelNotFound(model)
+        return served
+
+    def models(self) -> list[ServedModel]:
+        return [self._models[name] for name in sorted(self._models)]
+
+    def is_ready(self, model: str, version: str = "") -> bool:
+        try:
+            self.resolve(model, version)
+        except (ModelNotFound, VersionNotFound, NotReady):
+            return False
+        return True
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_executor, lambda: fn(*args, **kwargs))
+
+    async def start(self) -> None:
+        """Serve every registered model's production version and its recorded loads."""
+        models = await self.db(self._registry.list_models)
+        loads = await self.db(self._registry.list_loads)
+        for model in models:
+            served = self._track(model.name, model.signature)
+            served.explicit = {r.version for r in loads if r.model == model.name}
+            if not await self.db(self._registry.is_serving, model.name):
+                continue
+            try:
+                production = await self.db(self._registry.get_alias, model.name, PRODUCTION)
+            except AliasNotFound:
+                production = None
+            wanted = sorted(served.explicit | ({production} if production else set()))
+            for version in wanted:
+                try:
+                    await self._ensure_loaded(served, version)
+                except ModelLoadError as exc:
+                    log.error("version failed to load at start", extra={
+                        "event": "load_failed", "model": model.name, "version": version,
+                        "reason": str(exc)})
+            if production in served.versions:
+                served.production = served.versions[production]
+            self.on_change(model.name)
+
+    def _track(self, name: str, signature: Signature) -> ServedModel:
+        served = self._models.get(name)
+        if served is None:
+            model_settings = self._settings.model(name) or ModelSettings(name=name)
+            served = ServedModel(name=name, settings=model_settings, signature=signature)
+            self._models[name] = served
+            self._metrics.inflight.labels(name).set_function(lambda: served.inflight)
+            self._metrics.loaded_versions.labels(name).set_function(lambda: len(served.versions))
+        return served
+
+    async def _ensure_loaded(self, served: ServedModel, version: int) -> LoadedVersion:
+        existing = served.versions.get(version)
+        if existing is not None and not existing.draining:
+            return existing
+        try:
+            loaded = await self._load(served, version)
+        except ModelLoadError as exc:
+            served.failures[version] = str(exc)
+            self._metrics.model_loads.labels(served.name, "failed").inc()
+            raise
+        served.failures.pop(version, None)
+        served.versions[version] = loaded
+        served.publish()
+        self._metrics.model_loads.labels(served.name, "ok").inc()
+        log.info("version loaded", extra={
+            "event": "loaded", "model": served.name, "version": version,
+            "inline": loaded.inline, "warmup_p99_us": round(loaded.warmup.p99_us, 1)})
+        return loaded
+
+    async def _load(self, served: ServedModel, version: int) -> LoadedVersion:
+        record = await self.db(self._registry.get_version, served.name, version)
+        options = served.settings.runtime
+        iterations = served.settings.warmup_iterations
+
+        def build() -> tuple[OnnxModel, WarmupReport]:
+            try:
+                data = self._artifacts.read(record.sha256)
+            except ArtifactError as exc:
+                raise ModelLoadError(f"artifact of version {version}: {exc}") from exc
+            onnx = OnnxModel(data, options)
+            mismatch = served.signature.mismatch(onnx.signature)
+            if mismatch:
+                raise ModelLoadError(f"signature differs from the model's: {mismatch}")
+            return onnx, onnx.warm_up(iterations)
+
+        loop = asyncio.get_running_loop()
+        onnx, warmup = await loop.run_in_executor(self._load_executor, build)
+        limit = served.settings.inline_max_us
+        if limit is None:
+            limit = self._settings.inline_max_us
+        label = str(version)
+        return LoadedVersion(
+            model=served.name, version=version, onnx=onnx, inline=warmup.p99_us < limit,
+            warmup=warmup, stats=self._stats.get(served.name, label),
+            metrics=self._metrics.version(served.name, label),
+        )
+
+    async def _retire(self, served: ServedModel, version: int) -> None:
+        """Unpublish a version, wait for its in-flight requests, then drop it."""
+        loaded = served.versions.pop(version, None)
+        if loaded is None:
+            return
+        served.publish()
+        await loaded.drain()
+        log.info("version unloaded", extra={
+            "event": "unloaded", "model": served.name, "version": version})
+
+    def _needed(self, served: ServedModel) -> set[int]:
+        keep = set(served.explicit)
+        if served.production is not None:
+            keep.add(served.production.version)
+        return keep
+
+    async def load_version(self, model: str, version: int, *, actor: str) -> LoadedVersion:
+        """Explicitly load ``version`` (recorded; restored at start)."""
+        served = self.get(model)
+        async with served.lock:
+            loaded = await self._ensure_loaded(served, version)
+            served.explicit.add(version)
+            await self.db(self._registry.record_load, model, version, actor=actor)
+        self.on_change(model)
+        return loaded
+
+    async def unload_version(self, model: str, version: int, *, actor: str) -> None:
+        served = self.get(model)
+        async with served.lock:
+            served.explicit.discard(version)
+            await self.db(self._registry.record_unload, model, version, actor=actor)
+            if version not in self._needed(served):
+                await self._retire(served, version)
+        self.on_change(model)
+
+    async def promote(self, model: str, version: int, *, actor: str) -> int | None:
+        """Load and warm ``version``, move the production alias, swap, drain the old one.
+
+        A failed load or warm-up leaves the current production serving, the alias unmoved,
+        and an event recording why. Returns the previous production version.
+        """
+        served = self.get(model)
+        async with served.lock:
+            try:
+                loaded = await self._ensure_loaded(served, version)
+            except ModelLoadError as exc:
+                await self.db(self._registry.record_event, actor, "promote.failed",
+                              model=model, version=version, detail={"reason": str(exc)})
+                raise
+            change = await self.db(self._registry.set_alias, model, PRODUCTION, version,
+                                   actor=actor)
+            previous = served.production
+            served.production = loaded
+            if previous is not None and previous.version not in self._needed(served):
+                await self._retire(served, previous.version)
+        self.on_change(model)
+        return change.previous
+
+    async def follow_alias(self, model: str, *, actor: str) -> None:
+        """Make the served production match the registry's alias (after a rollback)."""
+        served = self.get(model)
+        async with served.lock:
+            version = await self.db(self._registry.get_alias, model, PRODUCTION)
+            loaded = await self._ensure_loaded(served, version)
+            previous = served.production
+            served.production = loaded
+            if previous is not None and previous.version not in self._needed(served):
+                await self._retire(served, previous.version)
+        self.on_change(model)
+
+    async def load_model(self, model: str, version: int | None, *, actor: str) -> None:
+        """Repository load: serve ``version`` (default: production) and mark the model served."""
+        served = self.get(model)
+        async with served.lock:
+            if version is None:
+                try:
+                    version = await self.db(self._registry.get_alias, model, PRODUCTION)
+                except AliasNotFound as exc:
+                    raise NotReady(f"model '{model}' has no production version to load") from exc
+            loaded = await self._ensure_loaded(served, version)
+            await self.db(self._registry.set_serving, model, True, actor=actor)
+            if served.production is None:
+                served.production = loaded
+            else:
+                served.explicit.add(version)
+                await self.db(self._registry.record_load, model, version, actor=actor)
+        self.on_change(model)
+
+    async def unload_model(self, model: str, *, actor: str) -> None:
+        """Repository unload: stop serving every version of ``model`` (recorded)."""
+        served = self.get(model)
+        async with served.lock:
+            await self.db(self._registry.set_serving, model, False, actor=actor)
+            served.production = None
+            for version in list(served.versions):
+                await self._retire(served, version)
+        self.on_change(model)
+
+    async def add_model(self, name: str, signature: Signature) -> ServedModel:
+        return self._track(name, signature)
+
+    async def close(self) -> None:
+        for served in self._models.values():
+            served.production = None
+            for version in list(served.versions):
+                await self._retire(served, version)
+
+
+def describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, LifecycleError | ModelLoadError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

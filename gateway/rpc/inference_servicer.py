@@ -1,0 +1,228 @@
+"""The V2 ``inference.GRPCInferenceService`` servicer: translate, call the core, translate."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from gateway import __version__
+from gateway.auth import TokenAuthority
+from gateway.dataplane import DataPlane
+from gateway.errors import InvalidInput, ModelNotFound, PermissionDenied
+from gateway.model_manager import ModelManager, ServedModel
+from gateway.pb import grpc_service_pb2 as pb
+from gateway.pb import grpc_service_pb2_grpc as pb_grpc
+from gateway.rpc.converters import decode_request, encode_response
+from gateway.rpc.status import status_for
+from gateway.stats import StatsBook
+from lifecycle.domain import Signature
+
+SERVER_NAME = "inference-gateway"
+EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
+PLATFORM = "onnxruntime_onnx"
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(
+        self,
+        *,
+        dataplane: DataPlane,
+        manager: ModelManager,
+        stats: StatsBook,
+        authority: TokenAuthority,
+        allow_repository_control: bool,
+        readiness: Any,
+    ) -> None:
+        self._dp = dataplane
+        self._manager = manager
+        self._stats = stats
+        self._authority = authority
+        self._allow_control = allow_repository_control
+        self._readiness = readiness
+
+    async def _abort(self, context: grpc.aio.ServicerContext, exc: BaseException,
+                     request_id: str = "") -> None:
+        code, message = status_for(exc, request_id)
+        await context.abort(code, message)
+
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._readiness())
+
+    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._manager.is_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=__version__, extensions=EXTENSIONS
+        )
+
+    def _signature(self, request: Any) -> tuple[ServedModel, Signature]:
+        served = self._manager.get(request.name)
+        if request.version:
+            _, loaded = self._manager.resolve(request.name, request.version)
+            return served, loaded.onnx.signature
+        return served, served.signature
+
+    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+        try:
+            served, signature = self._signature(request)
+        except Exception as exc:
+            await self._abort(context, exc)
+            raise
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=served.name,
+            versions=sorted(served.by_label, key=int),
+            platform=PLATFORM,
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape)
+                    for t in signature.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape)
+                     for t in signature.outputs],
+        )
+
+    async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
+        from gateway.datatypes import V2_TO_TRITON_ENUM
+
+        try:
+            served, signature = self._signature(request)
+        except Exception as exc:
+            await self._abort(context, exc)
+            raise
+        config = pb.ModelConfig(
+            name=served.name, platform=PLATFORM, backend="onnxruntime", max_batch_size=0,
+            input=[pb.ModelInput(name=t.name, data_type=V2_TO_TRITON_ENUM[t.datatype],
+                                 dims=t.shape) for t in signature.inputs],
+            output=[pb.ModelOutput(name=t.name, data_type=V2_TO_TRITON_ENUM[t.datatype],
+                                   dims=t.shape) for t in signature.outputs],
+        )
+        return pb.ModelConfigResponse(config=config)
+
+    async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
+        if request.name:
+            try:
+                self._manager.get(request.name)
+            except ModelNotFound as exc:
+                await self._abort(context, exc)
+                raise
+        response = pb.ModelStatisticsResponse()
+        for s in self._stats.select(request.name, request.version):
+            def dur(d: Any) -> pb.StatisticDuration:
+                return pb.StatisticDuration(count=d.count, ns=d.ns)
+            response.model_stats.add(
+                name=s.model, version=s.version, last_inference=s.last_inference_ms,
+                inference_count=s.inference_count, execution_count=s.execution_count,
+                inference_stats=pb.InferStatistics(
+                    success=dur(s.success), fail=dur(s.fail), queue=dur(s.queue),
+                    compute_input=dur(s.compute_input), compute_infer=dur(s.compute_infer),
+                    compute_output=dur(s.compute_output),
+                ),
+            )
+        return response
+
+    async def ModelInfer(self, request: pb.ModelInferRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        started = time.perf_counter_ns()
+        if not request.id:
+            request.id = str(uuid.uuid4())
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        try:
+            response = await self._dp.infer(decode_request(request, deadline), started)
+            return encode_response(response)
+        except Exception as exc:
+            code, message = status_for(exc, request.id)
+            self._dp.account_failure(request.model_name, request.model_version, code.name,
+                                     started)
+            await context.abort(code, message)
+            raise
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        async for request in request_iterator:
+            started = time.perf_counter_ns()
+            if not request.id:
+                request.id = str(uuid.uuid4())
+            try:
+                response = await self._dp.infer(decode_request(request, deadline), started)
+                yield pb.ModelStreamInferResponse(infer_response=encode_response(response))
+            except Exception as exc:
+                code, message = status_for(exc, request.id)
+                self._dp.account_failure(request.model_name, request.model_version,
+                                         code.name, started)
+                yield pb.ModelStreamInferResponse(
+                    error_message=f"{code.name}: {message}",
+                    infer_response=pb.ModelInferResponse(
+                        model_name=request.model_name, model_version=request.model_version,
+                        id=request.id),
+                )
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
+        response = pb.RepositoryIndexResponse()
+        for served in self._manager.models():
+            if served.versions:
+                for version in sorted(served.versions):
+                    response.models.add(name=served.name, version=str(version), state="READY")
+            elif not request.ready:
+                reason = "; ".join(f"version {v}: {r}" for v, r in served.failures.items())
+                response.models.add(name=served.name, state="UNAVAILABLE",
+                                    reason=reason or "not loaded")
+        return response
+
+    def _authorize_control(self, context: Any) -> str:
+        if not self._allow_control:
+            raise PermissionDenied(
+                "repository control is disabled on the inference port "
+                "(set server.allow_repository_control = true)"
+            )
+        metadata = dict(context.invocation_metadata() or ())
+        return self._authority.authorize(metadata.get("authorization"), "operator")
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        try:
+            actor = self._authorize_control(context)
+            version = _load_version_parameter(request.parameters)
+            await self._manager.load_model(request.model_name, version, actor=actor)
+        except Exception as exc:
+            await self._abort(context, exc)
+            raise
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        try:
+            actor = self._authorize_control(context)
+            await self._manager.unload_model(request.model_name, actor=actor)
+        except Exception as exc:
+            await self._abort(context, exc)
+            raise
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _load_version_parameter(parameters: Any) -> int | None:
+    version: int | None = None
+    for key, value in parameters.items():
+        if key.startswith("file:"):
+            raise InvalidInput(
+                f"parameters['{key}']: model uploads are not accepted on the inference port; "
+                "register versions through the admin service"
+            )
+        if key != "version":
+            raise InvalidInput(f"parameters['{key}']: unknown parameter, expected 'version'")
+        kind = value.WhichOneof("parameter_choice")
+        raw = getattr(value, kind) if kind else None
+        try:
+            version = int(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(
+                f"parameters['version']: expected a version number, got {raw!r}"
+            ) from exc
+    return version

@@ -1,0 +1,374 @@
+"""Storage plumbing: the engine, transaction scopes, the table mapping and migrations.
+
+SQLAlchemy is imported only here and by the repositories (``registry``); rows never
+leave them. SQLite is the embedded default (one file in the data dir, WAL mode);
+any other URL (PostgreSQL with psycopg 3) passes through with ``pool_pre_ping``.
+
+Transactions: ``Database.read()`` yields a session in a plain transaction;
+``Database.write()`` yields a session in a write transaction that commits on exit.
+On SQLite a write transaction starts with ``BEGIN IMMEDIATE`` (the database write
+lock is taken up front, so read-modify-write is atomic and two writers never
+deadlock upgrading their locks) and writers of one ``Database`` queue on an
+in-process lock first (fair and instant, unlike SQLite's sleeping busy handler).
+Database errors become domain errors at this boundary:
+
+    IntegrityError                                  → ConflictError
+    OperationalError, InterfaceError, lost connection → StorageUnavailable
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    exc,
+    make_url,
+    true,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from lifecycle.domain import Event, Model, ModelVersion, Signature
+from lifecycle.errors import ConflictError, StorageUnavailable
+
+__all__ = [
+    "AliasHistoryRow",
+    "AliasRow",
+    "Database",
+    "EventRow",
+    "LoadRow",
+    "ModelRow",
+    "VersionRow",
+    "make_engine",
+    "migrate",
+    "translate_errors",
+]
+
+BUSY_TIMEOUT_MS = 5000
+_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Execution option read by the ``begin`` hook: which BEGIN a SQLite transaction emits.
+_SQLITE_BEGIN = "lifecycle_sqlite_begin"
+
+
+def make_engine(url: str) -> Engine:
+    """Build the engine for ``url``.
+
+    SQLite file databases get their parent directory created, WAL journaling,
+    ``busy_timeout`` and foreign keys on every connection, and SQLAlchemy-emitted
+    ``BEGIN`` (so write transactions can be ``BEGIN IMMEDIATE``). Raises
+    ``StorageUnavailable`` when the parent directory cannot be created.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    database = parsed.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        try:
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageUnavailable(
+                f"cannot create the directory of SQLite database '{database}': {err}"
+            ) from err
+    engine = create_engine(url, connect_args={"check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take BEGIN away from the sqlite3 module: it would otherwise start
+        # transactions lazily and deferred, which is how writers deadlock.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            # In WAL mode NORMAL keeps every commit atomic and crash-safe for the
+            # process; only a power loss can drop the last commits. FULL would
+            # fsync every commit, which the request log's batches cannot afford.
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def _is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise database errors as domain errors (see the module docstring)."""
+    try:
+        yield
+    except exc.IntegrityError as err:
+        raise ConflictError(f"conflicting write: {err.orig}") from err
+    except (exc.OperationalError, exc.InterfaceError) as err:
+        raise StorageUnavailable(f"database unavailable: {err.orig}") from err
+    except exc.DBAPIError as err:
+        if err.connection_invalidated:
+            raise StorageUnavailable(f"database connection lost: {err.orig}") from err
+        raise
+
+
+class Database:
+    """Transaction scopes over one engine; thread-safe.
+
+    Every repository method runs in exactly one ``read()`` or ``write()`` scope.
+    ``write()`` scopes must not nest (on SQLite that would wait on itself), and
+    doing so raises ``RuntimeError``. The SQLite writer lock is per instance:
+    build one ``Database`` per database file and share it. A writer that waits
+    longer than ``lock_timeout_s`` for it gets ``StorageUnavailable``.
+    """
+
+    def __init__(self, engine: Engine, *, lock_timeout_s: float = 30.0) -> None:
+        self.engine = engine
+        self._sqlite = _is_sqlite(engine)
+        self._write_engine = (
+            engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"}) if self._sqlite else engine
+        )
+        self._lock = threading.Lock()
+        self._lock_timeout_s = lock_timeout_s
+        self._local = threading.local()
+
+    @classmethod
+    def from_url(cls, url: str) -> Database:
+        return cls(make_engine(url))
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reads; rolled back on exit."""
+        # The session begins on first use and rolls back when it closes.
+        with translate_errors(), Session(self.engine) as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session in one write transaction: commits on normal exit, rolls back on error.
+
+        Raises ``ConflictError``/``StorageUnavailable`` translated from the database,
+        or whatever the body raised (after rolling back).
+        """
+        if getattr(self._local, "writing", False):
+            raise RuntimeError("Database.write() scopes must not nest")
+        locked = False
+        if self._sqlite:
+            locked = self._lock.acquire(timeout=self._lock_timeout_s)
+            if not locked:
+                raise StorageUnavailable(
+                    f"database busy: no write slot within {self._lock_timeout_s:g} s"
+                )
+        self._local.writing = True
+        try:
+            with (
+                translate_errors(),
+                Session(self._write_engine, expire_on_commit=False) as session,
+                session.begin(),
+            ):
+                yield session
+        finally:
+            self._local.writing = False
+            if locked:
+                self._lock.release()
+
+    def close(self) -> None:
+        """Close pooled connections (the engine stays usable and reconnects on demand)."""
+        self.engine.dispose()
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade the schema to the newest revision; idempotent, safe at every start.
+
+    The Alembic configuration is built in code and points at the migrations
+    shipped inside this package, so it works from any working directory. On
+    SQLite the whole upgrade runs in one ``BEGIN IMMEDIATE`` transaction, so
+    processes starting together migrate one after the other. Raises
+    ``StorageUnavailable`` when the database cannot be reached.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    runner = engine
+    if _is_sqlite(engine):
+        runner = engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+    with translate_errors(), runner.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+# ---------------------------------------------------------------- table mapping
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every dialect.
+
+    SQLite has no time zone type: values are stored as naive UTC and made aware
+    again when read. Naive input is refused rather than guessed.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware one")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+# The DDL lives in migrations/versions; these mappings must describe the same tables
+# (a test compares them). Rows leave the repository only through ``to_domain()``.
+
+
+class ModelRow(Base):
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    task: Mapped[str] = mapped_column(String(64), default="")
+    signature: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    serving: Mapped[bool] = mapped_column(default=True, server_default=true())
+
+    def to_domain(self) -> Model:
+        return Model(self.name, self.task, Signature.from_json(self.signature), self.created_at)
+
+
+class VersionRow(Base):
+    __tablename__ = "versions"
+    __table_args__ = (
+        UniqueConstraint("model", "version", name="uq_versions_model_version"),
+        UniqueConstraint("model", "sha256", name="uq_versions_model_sha256"),
+        CheckConstraint(
+            "status IN ('registered', 'archived', 'rejected')", name="ck_versions_status"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(128), ForeignKey("models.name"))
+    version: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    description: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[list[Any]]
+    # ``metadata`` is reserved on declarative classes, hence the attribute name.
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+
+    def to_domain(self) -> ModelVersion:
+        return ModelVersion(
+            model=self.model,
+            version=self.version,
+            status=self.status,
+            sha256=self.sha256,
+            size=self.size,
+            created_at=self.created_at,
+            description=self.description,
+            tags=tuple(self.tags),
+            metadata=dict(self.meta),
+        )
+
+
+class AliasRow(Base):
+    __tablename__ = "aliases"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["model", "version"], ["versions.model", "versions.version"], name="fk_aliases_version"
+        ),
+    )
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int]
+    updated_at: Mapped[datetime]
+
+
+class AliasHistoryRow(Base):
+    """Every value an alias took, in order. Rows are only appended, except that a
+    rollback stamps ``popped_at`` on the entry it undoes: the unpopped rows of an
+    alias form the rollback stack, whose top is the alias's current version."""
+
+    __tablename__ = "alias_history"
+    __table_args__ = (Index("ix_alias_history_model_alias", "model", "alias", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(128))
+    alias: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int]
+    previous: Mapped[int | None]
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(128))
+    popped_at: Mapped[datetime | None]
+    popped_by: Mapped[str | None] = mapped_column(String(128))
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_model_id", "model", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(128))
+    version: Mapped[int | None]
+    detail: Mapped[dict[str, Any]]
+
+    def to_domain(self) -> Event:
+        return Event(
+            self.id, self.time, self.actor, self.action, self.model, self.version, self.detail
+        )
+
+
+class LoadRow(Base):
+    __tablename__ = "loads"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["model", "version"], ["versions.model", "versions.version"], name="fk_loads_version"
+        ),
+    )
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime]

@@ -1,0 +1,1 @@
+"""Alembic migrations for the lifecycle schema; run them with ``lifecycle.db.migrate``."""
