@@ -74,14 +74,15 @@ class GatewayApp:
         self.manager.on_change = self._model_changed
         await self.manager.start()
 
+        authority = TokenAuthority(settings.tokens)
         dataplane = DataPlane(self.manager, self._pool, self.metrics)
         server = grpc.aio.server(options=server_options(settings))
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(
                 dataplane=dataplane, manager=self.manager, stats=self.stats,
-                authority=TokenAuthority(settings.tokens),
+                authority=authority,
                 allow_repository_control=settings.allow_repository_control,
-                readiness=self.is_ready,
+                readiness=self.is_ready, access_log_sample=settings.access_log_sample,
             ),
             server,
         )

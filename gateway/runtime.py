@@ -98,12 +98,19 @@ class OnnxModel:
                 feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
         return feeds
 
-    def warm_up(self, iterations: int) -> WarmupReport:
-        """Run the model on sample inputs; raises ``ModelLoadError`` if it cannot run."""
+    def warm_up(self, iterations: int, *, timed: int = 200, budget_s: float = 1.0) -> WarmupReport:
+        """Run the model ``iterations`` times untimed (first runs allocate and are slow),
+        then up to ``timed`` runs within ``budget_s`` to measure its steady latency.
+
+        Raises ``ModelLoadError`` if it cannot run.
+        """
         feeds = self.sample_feeds()
-        timings = []
+        timings: list[float] = []
         try:
-            for _ in range(max(iterations, 1)):
+            for _ in range(iterations):
+                self._session.run(self.output_names, feeds)
+            stop_at = time.monotonic() + budget_s
+            while len(timings) < max(timed, 1) and (not timings or time.monotonic() < stop_at):
                 start = time.perf_counter_ns()
                 self._session.run(self.output_names, feeds)
                 timings.append((time.perf_counter_ns() - start) / 1000)
@@ -111,7 +118,7 @@ class OnnxModel:
             raise ModelLoadError(f"warm-up failed: {exc}") from exc
         timings.sort()
         return WarmupReport(
-            iterations=len(timings),
+            iterations=iterations + len(timings),
             p50_us=timings[len(timings) // 2],
             p99_us=timings[min(len(timings) - 1, int(len(timings) * 0.99))],
         )

@@ -53,7 +53,7 @@ class ModelSettings:
     task: str = ""
     max_inflight: int = 1024
     inline_max_us: float | None = None
-    warmup_iterations: int = 50
+    warmup_iterations: int = 20
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     inputs: tuple[TensorDecl, ...] = ()
     outputs: tuple[TensorDecl, ...] = ()
@@ -325,7 +325,7 @@ def _parse_model(source: str, name: str, table: Any, base_dir: Path) -> ModelSet
         task=reader.get("task", str, ""),
         max_inflight=reader.positive("max_inflight", int, 1024),
         inline_max_us=reader.positive("inline_max_us", float, None, allow_zero=True),
-        warmup_iterations=reader.positive("warmup_iterations", int, 50),
+        warmup_iterations=reader.positive("warmup_iterations", int, 20),
         runtime=runtime,
         inputs=_parse_tensors(source, f"{prefix}.inputs", reader.get("inputs", list, [])),
         outputs=_parse_tensors(source, f"{prefix}.outputs", reader.get("outputs", list, [])),

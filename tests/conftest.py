@@ -23,6 +23,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "fails": onnx_models.runtime_failure_model(),
         "logreg": onnx_models.logreg_like_model(),
         "logreg_b": onnx_models.logreg_like_model(seed=7),
+        "mlp": onnx_models.mlp_model(),
     }
     for dt in DATATYPES:
         built[f"id_{dt.lower()}"] = onnx_models.identity_model(dt)

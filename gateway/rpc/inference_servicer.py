@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from gateway import __version__
 from gateway.auth import TokenAuthority
 from gateway.dataplane import DataPlane
 from gateway.errors import InvalidInput, ModelNotFound, PermissionDenied
+from gateway.ids import RequestIds
 from gateway.model_manager import ModelManager, ServedModel
 from gateway.pb import grpc_service_pb2 as pb
 from gateway.pb import grpc_service_pb2_grpc as pb_grpc
@@ -24,6 +26,7 @@ from lifecycle.domain import Signature
 SERVER_NAME = "inference-gateway"
 EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
 PLATFORM = "onnxruntime_onnx"
+access_log = logging.getLogger("gateway.access")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -36,6 +39,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         authority: TokenAuthority,
         allow_repository_control: bool,
         readiness: Any,
+        access_log_sample: float = 0.0,
+        rng: random.Random | None = None,
     ) -> None:
         self._dp = dataplane
         self._manager = manager
@@ -43,6 +48,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._authority = authority
         self._allow_control = allow_repository_control
         self._readiness = readiness
+        self._ids = RequestIds()
+        self._access_sample = access_log_sample
+        self._rng = rng or random.Random()
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: BaseException,
                      request_id: str = "") -> None:
@@ -130,18 +138,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         started = time.perf_counter_ns()
         if not request.id:
-            request.id = str(uuid.uuid4())
+            request.id = self._ids.next()
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         try:
             response = await self._dp.infer(decode_request(request, deadline), started)
-            return encode_response(response)
         except Exception as exc:
             code, message = status_for(exc, request.id)
             self._dp.account_failure(request.model_name, request.model_version, code.name,
                                      started)
+            if self._access_sample:
+                self._access(request, "", code.name, started)
             await context.abort(code, message)
             raise
+        if self._access_sample:
+            self._access(request, response.version, "OK", started)
+        return encode_response(response)
+
+    def _access(self, request: Any, version: str, code: str, started: int) -> None:
+        """The opt-in, sampled per-request access log (capturing requests is the request
+        log's job, not this one's)."""
+        if self._rng.random() < self._access_sample:
+            access_log.info("request", extra={
+                "event": "access", "request_id": request.id, "model": request.model_name,
+                "version": version or request.model_version, "code": code,
+                "latency_us": (time.perf_counter_ns() - started) // 1000})
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -151,7 +172,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async for request in request_iterator:
             started = time.perf_counter_ns()
             if not request.id:
-                request.id = str(uuid.uuid4())
+                request.id = self._ids.next()
             try:
                 response = await self._dp.infer(decode_request(request, deadline), started)
                 yield pb.ModelStreamInferResponse(infer_response=encode_response(response))

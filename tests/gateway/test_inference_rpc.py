@@ -92,8 +92,10 @@ def test_predictions_equal_onnxruntime(channel: grpc.Channel,
 def test_generated_request_id_is_a_uuid(channel: grpc.Channel) -> None:
     import uuid
 
-    response = stub(channel).ModelInfer(raw_request("logreg", "features", "FP32", features()))
-    assert uuid.UUID(response.id)
+    ids = [stub(channel).ModelInfer(raw_request("logreg", "features", "FP32", features())).id
+           for _ in range(3)]
+    assert len(set(ids)) == 3
+    assert all(uuid.UUID(i).version == 4 and str(uuid.UUID(i)) == i for i in ids)
 
 
 @pytest.mark.parametrize("datatype", DATATYPES)
@@ -253,10 +255,12 @@ def _v2(array: np.ndarray) -> str:
 
 
 def test_expired_deadline_gives_deadline_exceeded(channel: grpc.Channel) -> None:
+    """A batch the MLP needs tens of milliseconds for, under a 2 ms deadline."""
+    x = np.ones((1500, 64), dtype=np.float32)
     with pytest.raises(grpc.RpcError) as info:
-        stub(channel).ModelInfer(raw_request("logreg", "features", "FP32", features()),
-                                 timeout=0.000001)
+        stub(channel).ModelInfer(raw_request("mlp", "x", "FP32", x), timeout=0.002)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert stub(channel).ModelInfer(raw_request("mlp", "x", "FP32", x[:2])).outputs
 
 
 def test_two_hundred_concurrent_requests_all_correct(channel: grpc.Channel,

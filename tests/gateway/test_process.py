@@ -81,3 +81,37 @@ def test_restart_restores_serving_and_corrupt_artifact_is_detected(
         reasons = {m.name: m.reason for m in index.models}
         assert "sha256" in reasons["other"] or "corrupt" in reasons["other"].lower()
     assert "load_failed" in gw.log_path.read_text()
+
+
+def test_repository_unload_and_load_survive_restart_and_access_log_is_opt_in(
+    tmp_path: Path, model_files: dict[str, Path],
+) -> None:
+    config = write_config(
+        tmp_path / "g.toml", {"logreg": model_files["logreg"], "other": model_files["logreg_b"]},
+        "[server]\nallow_repository_control = true\naccess_log_sample = 1.0\n"
+        "[auth.tokens.ops]\ntoken = 'tok'\nrole = 'operator'\n",
+    )
+    data = tmp_path / "data"
+    auth = (("authorization", "Bearer tok"),)
+
+    def ready(address: str, model: str) -> bool:
+        with grpc.insecure_channel(address) as channel:
+            return pb_grpc.GRPCInferenceServiceStub(channel).ModelReady(
+                pb.ModelReadyRequest(name=model)).ready
+
+    with SubprocessGateway(config, data) as gw:
+        response = infer(gw.grpc_address, "logreg")
+        with grpc.insecure_channel(gw.grpc_address) as channel:
+            pb_grpc.GRPCInferenceServiceStub(channel).RepositoryModelUnload(
+                pb.RepositoryModelUnloadRequest(model_name="other"), metadata=auth)
+        assert not ready(gw.grpc_address, "other")
+    access = [line for line in gw.log_path.read_text().splitlines() if '"access"' in line]
+    assert any(response.id in line for line in access)
+    with SubprocessGateway(config, data) as gw:
+        assert ready(gw.grpc_address, "logreg") and not ready(gw.grpc_address, "other")
+        with grpc.insecure_channel(gw.grpc_address) as channel:
+            pb_grpc.GRPCInferenceServiceStub(channel).RepositoryModelLoad(
+                pb.RepositoryModelLoadRequest(model_name="other"), metadata=auth)
+        assert ready(gw.grpc_address, "other")
+    with SubprocessGateway(config, data) as gw:
+        assert ready(gw.grpc_address, "other")
