@@ -1,11 +1,18 @@
 """Prometheus metrics, in a registry owned by the app (no import-time globals).
 
-Label children are resolved once per loaded version, not per request.
+The per-request counters are plain integers on the event loop thread, turned into
+Prometheus families only when ``/metrics`` is scraped (on the same thread): a request pays
+a bisect and two increments instead of prometheus-client's locked child updates.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -15,43 +22,64 @@ UNKNOWN_MODEL = "_unknown"
 
 
 class VersionMetrics:
-    """Pre-resolved metric children for one (model, version)."""
+    """Request counts by status and a latency histogram for one (model, version).
 
-    __slots__ = ("_parent", "model", "version", "_ok", "_latency", "_codes")
+    Not thread-safe: updated and read on the event loop thread only.
+    """
 
-    def __init__(self, parent: GatewayMetrics, model: str, version: str) -> None:
-        self._parent = parent
+    __slots__ = ("model", "version", "codes", "buckets", "latency_sum")
+
+    def __init__(self, model: str, version: str) -> None:
         self.model = model
         self.version = version
-        self._ok = parent.requests.labels(model, version, "OK")
-        self._latency = parent.latency.labels(model, version)
-        self._codes: dict[str, Counter] = {}
+        self.codes: dict[str, int] = {}
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
 
     def success(self, seconds: float) -> None:
-        self._ok.inc()
-        self._latency.observe(seconds)
+        codes = self.codes
+        codes["OK"] = codes.get("OK", 0) + 1
+        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
     def failure(self, code: str, seconds: float) -> None:
-        counter = self._codes.get(code)
-        if counter is None:
-            counter = self._codes[code] = self._parent.requests.labels(
-                self.model, self.version, code
-            )
-        counter.inc()
-        self._latency.observe(seconds)
+        self.codes[code] = self.codes.get(code, 0) + 1
+        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+
+class _RequestCollector(Collector):
+    def __init__(self, versions: dict[tuple[str, str], VersionMetrics]) -> None:
+        self._versions = versions
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "gateway_requests", "Inference requests by model, served version and gRPC status.",
+            labels=["model", "version", "code"],
+        )
+        latency = HistogramMetricFamily(
+            "gateway_request_latency_seconds", "Inference latency inside the server.",
+            labels=["model", "version"],
+        )
+        for metrics in list(self._versions.values()):
+            for code, count in list(metrics.codes.items()):
+                requests.add_metric([metrics.model, metrics.version, code], count)
+            cumulative, running = [], 0
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), metrics.buckets,
+                                    strict=True):
+                running += count
+                cumulative.append((repr(bound) if bound != float("inf") else "+Inf", running))
+            latency.add_metric([metrics.model, metrics.version], cumulative,
+                               metrics.latency_sum)
+        yield requests
+        yield latency
 
 
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.requests = Counter(
-            "gateway_requests", "Inference requests by model, served version and gRPC status.",
-            ["model", "version", "code"], registry=self.registry,
-        )
-        self.latency = Histogram(
-            "gateway_request_latency_seconds", "Inference latency inside the server.",
-            ["model", "version"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )
+        self._versions: dict[tuple[str, str], VersionMetrics] = {}
+        self.registry.register(_RequestCollector(self._versions))
         self.inflight = Gauge(
             "gateway_inflight_requests", "Inference requests in flight per model.", ["model"],
             registry=self.registry,
@@ -64,13 +92,12 @@ class GatewayMetrics:
             "gateway_loaded_versions", "Versions loaded and ready per model.", ["model"],
             registry=self.registry,
         )
-        self._versions: dict[tuple[str, str], VersionMetrics] = {}
 
     def version(self, model: str, version: str) -> VersionMetrics:
         key = (model, version)
         found = self._versions.get(key)
         if found is None:
-            found = self._versions[key] = VersionMetrics(self, model, version)
+            found = self._versions[key] = VersionMetrics(model, version)
         return found
 
     def exposition(self) -> bytes:
