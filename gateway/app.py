@@ -1,7 +1,9 @@
 """The composition root: builds every part and owns the start and stop order.
 
-Start: database → registry → model manager (production versions) → gRPC and HTTP servers.
-Stop: readiness off → drain RPCs → stop servers → unload models → close the database.
+Start: database → registry → model manager (production versions) → inference gRPC server →
+admin gRPC server → HTTP server.
+Stop: readiness off → drain RPCs (admin first, then inference) → stop servers → unload
+models → close the database.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from gateway.dataplane import DataPlane
 from gateway.http import HttpEndpoint
 from gateway.metrics import GatewayMetrics
 from gateway.model_manager import ModelManager
-from gateway.pb import grpc_service_pb2, grpc_service_pb2_grpc
+from gateway.pb import admin_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc
+from gateway.rpc.admin_auth import ADMIN_SERVICE, AdminInterceptor
+from gateway.rpc.admin_servicer import AdminServicer
 from gateway.rpc.inference_servicer import InferenceServicer
 from gateway.rpc.server import add_health_and_reflection, bind, server_options
 from gateway.seeding import seed_models
@@ -31,6 +35,7 @@ from gateway.stats import StatsBook
 from lifecycle.artifacts import ArtifactStore
 from lifecycle.db import Database, make_engine, migrate
 from lifecycle.registry import Registry
+from lifecycle.service import LifecycleService
 
 log = logging.getLogger("gateway.app")
 INFERENCE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -46,7 +51,10 @@ class GatewayApp:
         self._pool = ThreadPoolExecutor(settings.inference_threads, "inference")
         self._db_pool = ThreadPoolExecutor(1, "db")
         self._load_pool = ThreadPoolExecutor(1, "model-load")
+        self._admin_pool = ThreadPoolExecutor(1, "admin")
         self._grpc: grpc.aio.Server | None = None
+        self._admin: grpc.aio.Server | None = None
+        self._admin_health = None
         self._http: HttpEndpoint | None = None
         self._health = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -90,6 +98,7 @@ class GatewayApp:
         self.ports["grpc"] = bind(server, settings.host, settings.grpc_port, settings.tls)
         self._grpc = server
         await server.start()
+        await self._start_admin(registry, artifacts, authority)
 
         self._http = HttpEndpoint(
             metrics=self.metrics.exposition, live=lambda: True, ready=self.is_ready
@@ -104,6 +113,26 @@ class GatewayApp:
                                    "models": [m.name for m in self.manager.models()]})
         if settings.port_file is not None:
             _write_port_file(settings.port_file, self.ports)
+
+    async def _start_admin(self, registry: Registry, artifacts: ArtifactStore,
+                           authority: TokenAuthority) -> None:
+        settings = self.settings
+        assert self.manager is not None
+        lifecycle = LifecycleService(
+            registry=registry, artifacts=artifacts, deployer=self.manager,
+            db_executor=self._db_pool, work_executor=self._admin_pool,
+            max_upload_bytes=settings.max_upload_bytes,
+            # Leave room for the message framing around a download chunk.
+            max_chunk_bytes=min(4 * 1024 * 1024, settings.max_message_bytes // 2),
+        )
+        admin = grpc.aio.server(options=server_options(settings),
+                                interceptors=[AdminInterceptor(authority)])
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(lifecycle), admin)
+        health = add_health_and_reflection(admin, [ADMIN_SERVICE.full_name])
+        self.ports["admin"] = bind(admin, settings.host, settings.admin_port, settings.tls)
+        self._admin, self._admin_health = admin, health
+        await admin.start()
+        await health.set("", health_pb2.HealthCheckResponse.SERVING)
 
     def _model_changed(self, model: str) -> None:
         if self._health is None:
@@ -121,15 +150,18 @@ class GatewayApp:
     async def stop(self) -> None:
         self._ready = False
         grace = self.settings.shutdown_grace_s
-        if self._health is not None:
-            await self._health.enter_graceful_shutdown()
+        for health in (self._admin_health, self._health):
+            if health is not None:
+                await health.enter_graceful_shutdown()
+        if self._admin is not None:
+            await self._admin.stop(grace)
         if self._grpc is not None:
             await self._grpc.stop(grace)
         if self._http is not None:
             await self._http.stop()
         if self.manager is not None:
             await self.manager.close()
-        for pool in (self._pool, self._load_pool, self._db_pool):
+        for pool in (self._pool, self._admin_pool, self._load_pool, self._db_pool):
             pool.shutdown(wait=True, cancel_futures=True)
         if self.database is not None:
             self.database.close()

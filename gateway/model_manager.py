@@ -21,7 +21,8 @@ from gateway.runtime import OnnxModel, WarmupReport
 from gateway.settings import ModelSettings, Settings
 from gateway.stats import StatsBook, VersionStats
 from lifecycle.artifacts import ArtifactStore
-from lifecycle.domain import PRODUCTION, Signature
+from lifecycle.deployer import ServingState, VersionLoad
+from lifecycle.domain import PRODUCTION, AliasChange, Signature
 from lifecycle.errors import AliasNotFound, ArtifactError, LifecycleError
 from lifecycle.registry import Registry
 
@@ -269,14 +270,78 @@ class ModelManager:
                 await self.db(self._registry.record_event, actor, "promote.failed",
                               model=model, version=version, detail={"reason": str(exc)})
                 raise
-            change = await self.db(self._registry.set_alias, model, PRODUCTION, version,
-                                   actor=actor)
-            previous = served.production
-            served.production = loaded
-            if previous is not None and previous.version not in self._needed(served):
-                await self._retire(served, previous.version)
+            try:
+                change = await self.db(self._registry.set_alias, model, PRODUCTION, version,
+                                       actor=actor)
+            except BaseException:
+                # The alias did not move: nothing may keep the version we just loaded.
+                if version not in self._needed(served):
+                    await self._retire(served, version)
+                raise
+            await self._swap(served, loaded)
         self.on_change(model)
         return change.previous
+
+    async def rollback(self, model: str, *, actor: str) -> AliasChange:
+        """Point production back at the version that held it before the current one.
+
+        Under the model's lock (so promotions and rollbacks of one model are serialized):
+        preview the target, load and warm it, move the alias with a compare-and-set, swap,
+        drain the old one. A target that fails to load leaves the current production
+        serving and the alias unmoved, and a ``rollback.failed`` event records why.
+        Raises the registry's ``PreconditionError`` when there is nothing to go back to.
+        """
+        served = self.get(model)
+        async with served.lock:
+            plan = await self.db(self._registry.rollback_target, model, PRODUCTION)
+            try:
+                loaded = await self._ensure_loaded(served, plan.current)
+            except ModelLoadError as exc:
+                await self.db(self._registry.record_event, actor, "rollback.failed",
+                              model=model, version=plan.current,
+                              detail={"reason": str(exc), "from": plan.previous})
+                raise
+            try:
+                change = await self.db(self._registry.rollback, model, PRODUCTION,
+                                       actor=actor, expected=plan.previous)
+            except BaseException:
+                if plan.current not in self._needed(served):
+                    await self._retire(served, plan.current)
+                raise
+            await self._swap(served, loaded)
+        self.on_change(model)
+        return change
+
+    async def _swap(self, served: ServedModel, loaded: LoadedVersion) -> None:
+        """Make ``loaded`` production; drain and drop the old one unless still needed."""
+        previous = served.production
+        served.production = loaded
+        if previous is not None and previous.version not in self._needed(served):
+            await self._retire(served, previous.version)
+
+    def serving_state(self, model: str) -> ServingState:
+        """A snapshot of what is served of ``model`` (empty for an unknown model)."""
+        served = self._models.get(model)
+        if served is None:
+            return ServingState(model)
+        production = served.production
+        loads = []
+        for number in sorted(set(served.versions) | set(served.failures) | served.explicit):
+            loaded = served.versions.get(number)
+            explicit = number in served.explicit
+            if loaded is not None:
+                loads.append(VersionLoad(
+                    model, number, "loaded", production=loaded is production,
+                    explicit=explicit, in_flight=loaded.inflight,
+                    warmup_p99_us=loaded.warmup.p99_us))
+            elif number in served.failures:
+                loads.append(VersionLoad(model, number, "failed", explicit=explicit,
+                                         failure=served.failures[number]))
+            else:
+                loads.append(VersionLoad(model, number, explicit=explicit))
+        return ServingState(
+            model, production=None if production is None else production.version,
+            in_flight=served.inflight, versions=tuple(loads))
 
     async def follow_alias(self, model: str, *, actor: str) -> None:
         """Make the served production match the registry's alias (after a rollback)."""

@@ -17,6 +17,7 @@ from typing import Any
 from gateway.datatypes import V2_TO_NUMPY
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_BYTES = 256 * 1024 * 1024
 ROLES = ("reader", "operator")
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 BOOTSTRAPS = ("synthetic_fraud",)
@@ -83,8 +84,10 @@ class Settings:
     host: str = "127.0.0.1"
     grpc_port: int = 8001
     http_port: int = 8002
+    admin_port: int = 8003
     data_dir: Path = Path("var")
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     inference_threads: int = 2
     inline_max_us: float = 200.0
     allow_repository_control: bool = False
@@ -214,8 +217,10 @@ def _parse(source: str, raw: Mapping[str, Any], base_dir: Path) -> Settings:
         host=server.get("host", str, "127.0.0.1"),
         grpc_port=server.port("grpc_port", 8001),
         http_port=server.port("http_port", 8002),
+        admin_port=server.port("admin_port", 8003),
         data_dir=(base_dir / data_dir_value) if data_dir_value else Path("var"),
         max_message_bytes=server.positive("max_message_bytes", int, DEFAULT_MAX_MESSAGE_BYTES),
+        max_upload_bytes=server.positive("max_upload_bytes", int, DEFAULT_MAX_UPLOAD_BYTES),
         inference_threads=server.positive("inference_threads", int, 2),
         inline_max_us=server.positive("inline_max_us", float, 200.0, allow_zero=True),
         allow_repository_control=server.get("allow_repository_control", bool, False),
@@ -340,6 +345,7 @@ _ENV_KEYS: dict[str, tuple[str, type]] = {
     "GATEWAY_HOST": ("host", str),
     "GATEWAY_GRPC_PORT": ("grpc_port", int),
     "GATEWAY_HTTP_PORT": ("http_port", int),
+    "GATEWAY_ADMIN_PORT": ("admin_port", int),
     "GATEWAY_DATA_DIR": ("data_dir", Path),
     "GATEWAY_DATABASE_URL": ("database_url", str),
 }
@@ -362,7 +368,7 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
 
 def _apply_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Settings:
     changes = {k: v for k, v in overrides.items() if v is not None}
-    for key in ("grpc_port", "http_port"):
+    for key in ("grpc_port", "http_port", "admin_port"):
         if key in changes and not 0 <= changes[key] <= 65535:
             raise ConfigError("command line", key, f"expected a port, got {changes[key]}")
     return replace(settings, **changes)

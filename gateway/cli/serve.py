@@ -25,6 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--grpc-port", type=int, help="V2 inference port (default 8001; 0: any)")
     parser.add_argument("--http-port", type=int, help="metrics/health port (default 8002; 0: any)")
+    parser.add_argument("--admin-port", type=int,
+                        help="admin gRPC port (default 8003; 0: any)")
     parser.add_argument("--data-dir", type=Path, help="SQLite database and artifacts (./var)")
     parser.add_argument("--port-file", type=Path,
                         help="write the bound ports as JSON here once serving")
@@ -37,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, overrides={
             "host": args.host, "grpc_port": args.grpc_port, "http_port": args.http_port,
+            "admin_port": args.admin_port,
             "data_dir": args.data_dir, "port_file": args.port_file,
         })
     except ConfigError as exc:

@@ -19,7 +19,7 @@ def core_server(tmp_path_factory: pytest.TempPathFactory,
     config = write_config(root / "gateway.toml", model_files,
                           '[server]\nmax_message_bytes = 1048576\n')
     settings = load_settings(config, env={}, overrides={
-        "grpc_port": 0, "http_port": 0, "data_dir": root / "data"})
+        "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": root / "data"})
     server = InProcessGateway(settings).start()
     yield server
     server.stop()

@@ -41,6 +41,10 @@ class InProcessGateway:
         return f"127.0.0.1:{self.app.ports['grpc']}"
 
     @property
+    def admin_address(self) -> str:
+        return f"127.0.0.1:{self.app.ports['admin']}"
+
+    @property
     def http_port(self) -> int:
         return self.app.ports["http"]
 

@@ -19,7 +19,7 @@ class SubprocessGateway:
         self.port_file = data_dir / "ports.json"
         self.log_path = data_dir / "gateway.log"
         self.args = [sys.executable, "-m", "gateway", "serve", "--grpc-port", "0",
-                     "--http-port", "0", "--data-dir", str(data_dir),
+                     "--http-port", "0", "--admin-port", "0", "--data-dir", str(data_dir),
                      "--port-file", str(self.port_file), *extra]
         if config is not None:
             self.args += ["--config", str(config)]
@@ -48,6 +48,10 @@ class SubprocessGateway:
     @property
     def grpc_address(self) -> str:
         return f"127.0.0.1:{self.ports['grpc']}"
+
+    @property
+    def admin_address(self) -> str:
+        return f"127.0.0.1:{self.ports['admin']}"
 
     def stop(self, timeout: float = 30) -> int:
         if self.process is None or self.process.poll() is not None:
