@@ -30,15 +30,20 @@ from alembic.config import Config
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
+    Column,
     DateTime,
     Dialect,
+    Double,
     Engine,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
     create_engine,
@@ -61,8 +66,10 @@ __all__ = [
     "LoadRow",
     "ModelRow",
     "VersionRow",
+    "feedback_table",
     "make_engine",
     "migrate",
+    "request_log_table",
     "translate_errors",
 ]
 
@@ -372,3 +379,54 @@ class LoadRow(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     actor: Mapped[str] = mapped_column(String(128))
     at: Mapped[datetime]
+
+
+# ------------------------------------------------------------------ request log
+# Core tables (bulk inserts and set-based queries, no ORM identity map on the hot write
+# path); used only by ``lifecycle.request_store``. Times are integer epoch microseconds.
+# An INTEGER primary key on SQLite is the rowid (no extra index); BIGINT elsewhere.
+_ROW_ID = BigInteger().with_variant(Integer, "sqlite")
+
+request_log_table = Table(
+    "request_log",
+    Base.metadata,
+    Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    Column("record_id", String(32), nullable=False),
+    Column("request_id", String(256), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("latency_us", BigInteger, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("inputs", LargeBinary, nullable=True),
+    Column("outputs", LargeBinary, nullable=True),
+    Column("metadata", JSON, nullable=False),
+    Column("payload_dropped", Boolean, nullable=False),
+    Column("arm", String(64), nullable=False),
+    Column("experiment_id", String(128), nullable=False),
+    Column("routing_key_hash", String(64), nullable=False),
+    Column("shadow", Boolean, nullable=False),
+    UniqueConstraint("record_id", name="uq_request_log_record_id"),
+    Index("ix_request_log_model_request", "model", "request_id", "ts"),
+    Index("ix_request_log_model_ts", "model", "ts"),
+    Index("ix_request_log_ts", "ts"),
+)
+
+feedback_table = Table(
+    "feedback",
+    Base.metadata,
+    Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    Column("feedback_id", String(32), nullable=False),
+    Column("request_id", String(256), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("label_kind", String(8), nullable=False),
+    Column("label_int", BigInteger, nullable=True),
+    Column("label_float", Double, nullable=True),
+    Column("label_tensor", LargeBinary, nullable=True),
+    Column("ts", BigInteger, nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+    UniqueConstraint("feedback_id", name="uq_feedback_feedback_id"),
+    CheckConstraint("label_kind IN ('int', 'float', 'tensor')", name="ck_feedback_label_kind"),
+    Index("ix_feedback_model_request", "model", "request_id", "received_at"),
+    Index("ix_feedback_received_at", "received_at"),
+)

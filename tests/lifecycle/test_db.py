@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
+from lifecycle import migrations
 from lifecycle.db import Base, Database, make_engine, migrate
 from lifecycle.domain import Signature
 from lifecycle.errors import ConflictError, StorageUnavailable
@@ -40,8 +42,9 @@ def test_migrate_is_idempotent_and_matches_the_mapping(
         migrate(engine)
         migrate(engine)
         with engine.connect() as conn:
+            head = ScriptDirectory(str(Path(migrations.__file__).parent)).get_current_head()
             assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [
-                ("0001",)
+                (head,)
             ]
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []

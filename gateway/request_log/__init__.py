@@ -1,0 +1,37 @@
+"""The request log: every inference and every ground-truth label captured off the hot path.
+
+Public names:
+
+- ``RequestLog``, ``RequestLogConfig``, ``RequestSink`` — the engine (``writer``): a
+  never-blocking ``log()``, a fsynced journal, batched idempotent inserts; its delivery
+  guarantees are stated in ``gateway.request_log.writer``.
+- ``RequestRecord``, ``FeedbackRecord``, ``new_record_id`` — what the serving path hands in.
+- ``LoggingPolicy`` — per-model sampling, payload capture, payload limit, retention.
+- ``Label``, ``Tensor`` — re-exported from ``lifecycle.request_records``.
+- ``RequestLogMetrics``, ``Journal``, ``Recovery`` — metrics and the journal itself.
+"""
+
+from __future__ import annotations
+
+from gateway.request_log.journal import Journal, JournalFull, Recovery
+from gateway.request_log.metrics import RequestLogMetrics
+from gateway.request_log.policy import LoggingPolicy
+from gateway.request_log.record import FeedbackRecord, RequestRecord, new_record_id
+from gateway.request_log.writer import RequestLog, RequestLogConfig, RequestSink
+from lifecycle.request_records import Label, Tensor
+
+__all__ = [
+    "FeedbackRecord",
+    "Journal",
+    "JournalFull",
+    "Label",
+    "LoggingPolicy",
+    "Recovery",
+    "RequestLog",
+    "RequestLogConfig",
+    "RequestLogMetrics",
+    "RequestRecord",
+    "RequestSink",
+    "Tensor",
+    "new_record_id",
+]

@@ -1,0 +1,121 @@
+"""Fixtures for the request log: a migrated SQLite database in ``tmp_path``, a store over
+it whose busy timeout is short (so a locked database fails fast and deterministically),
+and a factory of started engines that are stopped at teardown."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import event
+
+from gateway.request_log import RequestLog, RequestLogConfig, RequestRecord, Tensor
+from lifecycle.db import Database, make_engine, migrate
+from lifecycle.request_store import RequestStore
+
+BUSY_TIMEOUT_MS = 20
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.005)
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+@contextmanager
+def database_locked(path: Path) -> Iterator[None]:
+    """Another connection holds SQLite's write lock: every insert fails with 'database is
+    locked' after the busy timeout, until the block ends."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        yield
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def short_busy_engine(url: str) -> Any:
+    engine = make_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _short_busy(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    return engine
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "gateway.db"
+
+
+@pytest.fixture
+def db(db_path: Path) -> Iterator[Database]:
+    engine = short_busy_engine(f"sqlite:///{db_path}")
+    migrate(engine)
+    database = Database(engine, lock_timeout_s=5.0)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def store(db: Database) -> RequestStore:
+    return RequestStore(db)
+
+
+@pytest.fixture
+def journal_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "request-log"
+
+
+@pytest.fixture
+def make_log(
+    store: RequestStore, journal_dir: Path
+) -> Iterator[Callable[..., tuple[RequestLog, CollectorRegistry]]]:
+    """``make_log(**config)`` → a started engine on ``store`` and its metrics registry."""
+    started: list[RequestLog] = []
+
+    def make(**overrides: Any) -> tuple[RequestLog, CollectorRegistry]:
+        registry = CollectorRegistry()
+        options: dict[str, Any] = {"journal_dir": journal_dir, "retry_initial_s": 0.01,
+                                   "retry_max_s": 0.05}
+        options.update(overrides)
+        policy = options.pop("default_policy", None)
+        request_log = RequestLog(RequestLogConfig(**options), store, registry,
+                                 default_policy=policy)
+        request_log.start()
+        started.append(request_log)
+        return request_log, registry
+
+    yield make
+    for request_log in started:
+        request_log.stop(5.0)
+
+
+def fp32(name: str, *values: float) -> Tensor:
+    return Tensor.from_array(name, "FP32", np.array([values], dtype=np.float32))
+
+
+def record(model: str = "m", request_id: str = "", *, version: int = 1, shadow: bool = False,
+           features: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0),
+           scores: tuple[float, ...] = (0.25, 0.75)) -> RequestRecord:
+    return RequestRecord(
+        model=model, version=version, request_id=request_id,
+        inputs=[fp32("features", *features)], outputs=[fp32("scores", *scores)],
+        latency_us=120, shadow=shadow,
+    )
