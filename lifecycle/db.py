@@ -66,10 +66,13 @@ __all__ = [
     "LoadRow",
     "ModelRow",
     "VersionRow",
+    "bandit_count_table",
+    "canary_table",
     "feedback_table",
     "make_engine",
     "migrate",
     "request_log_table",
+    "traffic_policy_table",
     "translate_errors",
 ]
 
@@ -429,4 +432,54 @@ feedback_table = Table(
     CheckConstraint("label_kind IN ('int', 'float', 'tensor')", name="ck_feedback_label_kind"),
     Index("ix_feedback_model_request", "model", "request_id", "received_at"),
     Index("ix_feedback_received_at", "received_at"),
+)
+
+
+# -------------------------------------------------------------- traffic policies
+# Core tables used only by ``lifecycle.policies``: one policy per model, the latest canary
+# ramp per model, and per-(experiment, version) bandit reward counts.
+
+traffic_policy_table = Table(
+    "traffic_policies",
+    Base.metadata,
+    Column("model", String(128), ForeignKey("models.name"), primary_key=True),
+    Column("experiment_id", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("actor", String(128), nullable=False),
+    CheckConstraint("kind IN ('split', 'canary', 'bandit')", name="ck_traffic_policies_kind"),
+)
+
+canary_table = Table(
+    "canaries",
+    Base.metadata,
+    Column("model", String(128), ForeignKey("models.name"), primary_key=True),
+    Column("experiment_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("champion", Integer, nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("step_index", Integer, nullable=False),
+    Column("step_started_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    # Compare-and-set token: every transition requires the revision it read and bumps it.
+    Column("revision", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    CheckConstraint(
+        "status IN ('running', 'promoting', 'promoted', 'aborted', 'ended')",
+        name="ck_canaries_status",
+    ),
+)
+
+bandit_count_table = Table(
+    "bandit_counts",
+    Base.metadata,
+    Column("experiment_id", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("model", String(128), nullable=False),
+    Column("successes", BigInteger, nullable=False),
+    Column("failures", BigInteger, nullable=False),
+    Index("ix_bandit_counts_model", "model"),
 )
