@@ -33,14 +33,17 @@ $(PROTO_STAMP): $(PROTOS) $(STAMP)
 run: install
 	$(PY) -m gateway serve --config $(CONFIG)
 
-# tritonclient's generated protobuf clashes with ours in one process, so its suite
-# (tests/triton) runs in a pytest process of its own.
+# tritonclient's generated inference messages, the harness's (loadtests/pb) and ours
+# (gateway/pb) clash in one process, so tests/triton and tests/loadtests each run in a
+# pytest process of their own.
+SEPARATE_SUITES := --ignore=tests/triton --ignore=tests/loadtests
 test: install
-	$(PY) -m pytest -q --durations=20 --ignore=tests/triton tests
-	$(PY) -m pytest -q tests/triton
+	$(PY) -m pytest -q --durations=20 $(SEPARATE_SUITES) tests
+	$(PY) -m pytest -q --durations=10 tests/loadtests
+	$(PY) -m pytest -q --durations=10 tests/triton
 
 test-quick: install
-	$(PY) -m pytest -q -x -m "not slow" --ignore=tests/triton tests
+	$(PY) -m pytest -q -x -m "not slow" $(SEPARATE_SUITES) tests
 
 lint: install
 	$(VENV)/bin/ruff check gateway lifecycle loadtests tests
