@@ -15,6 +15,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -34,10 +35,12 @@ from gateway.settings import Settings
 from gateway.stats import StatsBook
 from lifecycle.artifacts import ArtifactStore
 from lifecycle.db import Database, make_engine, migrate
+from lifecycle.policies import PolicyStore
 from lifecycle.registry import Registry
 from lifecycle.service import LifecycleService
 
 log = logging.getLogger("gateway.app")
+POLICY_SYNC_S = 2.0
 INFERENCE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
@@ -76,11 +79,13 @@ class GatewayApp:
         await loop.run_in_executor(self._load_pool, seed_models, settings, registry, artifacts)
 
         self.manager = ModelManager(
-            settings=settings, registry=registry, artifacts=artifacts, metrics=self.metrics,
+            settings=settings, registry=registry, policies=PolicyStore(self.database),
+            artifacts=artifacts, metrics=self.metrics,
             stats=self.stats, load_executor=self._load_pool, db_executor=self._db_pool,
         )
         self.manager.on_change = self._model_changed
         await self.manager.start()
+        self._spawn(self._follow_policies())
 
         authority = TokenAuthority(settings.tokens)
         dataplane = DataPlane(self.manager, self._pool, self.metrics)
@@ -134,12 +139,26 @@ class GatewayApp:
         await admin.start()
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
 
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _follow_policies(self) -> None:
+        """Poll the database for policy changes made elsewhere (canary steps, other
+        replicas) and for bandit reward counts."""
+        assert self.manager is not None
+        while True:
+            await asyncio.sleep(POLICY_SYNC_S)
+            try:
+                await self.manager.sync_policies()
+            except Exception:
+                log.exception("policy sync failed", extra={"event": "policy_sync_failed"})
+
     def _model_changed(self, model: str) -> None:
         if self._health is None:
             return
-        task = asyncio.get_running_loop().create_task(self._set_health(model))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._set_health(model))
 
     async def _set_health(self, model: str) -> None:
         assert self._health is not None and self.manager is not None
@@ -149,6 +168,8 @@ class GatewayApp:
 
     async def stop(self) -> None:
         self._ready = False
+        for task in list(self._tasks):
+            task.cancel()
         grace = self.settings.shutdown_grace_s
         for health in (self._admin_health, self._health):
             if health is not None:

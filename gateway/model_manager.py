@@ -12,69 +12,26 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from gateway.errors import ModelLoadError, ModelNotFound, NotReady, VersionNotFound
-from gateway.metrics import GatewayMetrics, VersionMetrics
+from gateway.metrics import GatewayMetrics
+from gateway.routing import RandomSource, Route, resolve
 from gateway.runtime import OnnxModel, WarmupReport
+from gateway.served import LoadedVersion, ServedModel
 from gateway.settings import ModelSettings, Settings
-from gateway.stats import StatsBook, VersionStats
+from gateway.stats import StatsBook
 from lifecycle.artifacts import ArtifactStore
 from lifecycle.deployer import ServingState, VersionLoad
 from lifecycle.domain import PRODUCTION, AliasChange, Signature
 from lifecycle.errors import AliasNotFound, ArtifactError, LifecycleError
+from lifecycle.policies import PolicyStore
 from lifecycle.registry import Registry
+from lifecycle.traffic import Policy
 
 log = logging.getLogger("gateway.models")
 T = TypeVar("T")
-
-
-@dataclass(eq=False)
-class LoadedVersion:
-    model: str
-    version: int
-    onnx: OnnxModel
-    inline: bool
-    warmup: WarmupReport
-    stats: VersionStats
-    metrics: VersionMetrics
-    inflight: int = 0
-    draining: bool = False
-    _drained: asyncio.Event | None = None
-
-    def __post_init__(self) -> None:
-        self.label = str(self.version)
-
-    def release(self) -> None:
-        """Called when a request leaves; wakes a pending drain at zero."""
-        self.inflight -= 1
-        if self.draining and self.inflight == 0 and self._drained is not None:
-            self._drained.set()
-
-    async def drain(self) -> None:
-        self.draining = True
-        if self.inflight:
-            self._drained = asyncio.Event()
-            await self._drained.wait()
-
-
-@dataclass(eq=False)
-class ServedModel:
-    name: str
-    settings: ModelSettings
-    signature: Signature
-    versions: dict[int, LoadedVersion] = field(default_factory=dict)
-    by_label: dict[str, LoadedVersion] = field(default_factory=dict)
-    production: LoadedVersion | None = None
-    explicit: set[int] = field(default_factory=set)
-    failures: dict[int, str] = field(default_factory=dict)
-    inflight: int = 0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def publish(self) -> None:
-        """Rebuild the label table in one assignment: readers see old or new, never a mix."""
-        self.by_label = {v.label: v for v in self.versions.values()}
+__all__ = ["LoadedVersion", "ModelManager", "ServedModel"]
 
 
 class ModelManager:
@@ -83,6 +40,7 @@ class ModelManager:
         *,
         settings: Settings,
         registry: Registry,
+        policies: PolicyStore,
         artifacts: ArtifactStore,
         metrics: GatewayMetrics,
         stats: StatsBook,
@@ -91,6 +49,7 @@ class ModelManager:
     ) -> None:
         self._settings = settings
         self._registry = registry
+        self._policies = policies
         self._artifacts = artifacts
         self._metrics = metrics
         self._stats = stats
@@ -101,7 +60,21 @@ class ModelManager:
 
     # -- hot path -----------------------------------------------------------------------
 
+    def route(
+        self, model: str, pinned_version: str, routing_key: str | None, rng: RandomSource
+    ) -> tuple[ServedModel, Route[LoadedVersion]]:
+        """Where one request goes, by the model's current routing table."""
+        served = self._models.get(model)
+        if served is None:
+            raise ModelNotFound(model)
+        table = served.table
+        if table is None:
+            raise NotReady(f"model '{model}' has no version loaded and ready")
+        return served, resolve(table, pinned_version=pinned_version, routing_key=routing_key,
+                               rng=rng)
+
     def resolve(self, model: str, version: str) -> tuple[ServedModel, LoadedVersion]:
+        """The version a request naming ``version`` (or none: production) would get."""
         served = self._models.get(model)
         if served is None:
             raise ModelNotFound(model)
@@ -110,10 +83,10 @@ class ModelManager:
             if chosen is None:
                 raise NotReady(f"model '{model}' has no version loaded and ready")
             return served, chosen
-        loaded = served.by_label.get(version)
-        if loaded is None:
+        route = served.table.pinned.get(version) if served.table is not None else None
+        if route is None:
             raise VersionNotFound(model, version)
-        return served, loaded
+        return served, route.handle
 
     # -- queries ------------------------------------------------------------------------
 
@@ -143,6 +116,7 @@ class ModelManager:
         """Serve every registered model's production version and its recorded loads."""
         models = await self.db(self._registry.list_models)
         loads = await self.db(self._registry.list_loads)
+        policies = await self.db(self._policies.list_policies)
         for model in models:
             served = self._track(model.name, model.signature)
             served.explicit = {r.version for r in loads if r.model == model.name}
@@ -152,7 +126,11 @@ class ModelManager:
                 production = await self.db(self._registry.get_alias, model.name, PRODUCTION)
             except AliasNotFound:
                 production = None
-            wanted = sorted(served.explicit | ({production} if production else set()))
+            served.policy = policies.get(model.name)
+            if served.policy is not None and served.policy.bandit is not None:
+                served.counts = await self.db(self._policies.bandit_counts,
+                                              served.policy.experiment_id)
+            wanted = sorted(served.needed() | ({production} if production else set()))
             for version in wanted:
                 try:
                     await self._ensure_loaded(served, version)
@@ -162,6 +140,7 @@ class ModelManager:
                         "reason": str(exc)})
             if production in served.versions:
                 served.production = served.versions[production]
+            served.reroute()
             self.on_change(model.name)
 
     def _track(self, name: str, signature: Signature) -> ServedModel:
@@ -186,7 +165,7 @@ class ModelManager:
             raise
         served.failures.pop(version, None)
         served.versions[version] = loaded
-        served.publish()
+        served.reroute()
         self._metrics.model_loads.labels(served.name, "ok").inc()
         log.info("version loaded", extra={
             "event": "loaded", "model": served.name, "version": version,
@@ -226,16 +205,10 @@ class ModelManager:
         loaded = served.versions.pop(version, None)
         if loaded is None:
             return
-        served.publish()
+        served.reroute()
         await loaded.drain()
         log.info("version unloaded", extra={
             "event": "unloaded", "model": served.name, "version": version})
-
-    def _needed(self, served: ServedModel) -> set[int]:
-        keep = set(served.explicit)
-        if served.production is not None:
-            keep.add(served.production.version)
-        return keep
 
     async def load_version(self, model: str, version: int, *, actor: str) -> LoadedVersion:
         """Explicitly load ``version`` (recorded; restored at start)."""
@@ -243,6 +216,7 @@ class ModelManager:
         async with served.lock:
             loaded = await self._ensure_loaded(served, version)
             served.explicit.add(version)
+            served.reroute()
             await self.db(self._registry.record_load, model, version, actor=actor)
         self.on_change(model)
         return loaded
@@ -251,8 +225,9 @@ class ModelManager:
         served = self.get(model)
         async with served.lock:
             served.explicit.discard(version)
+            served.reroute()
             await self.db(self._registry.record_unload, model, version, actor=actor)
-            if version not in self._needed(served):
+            if version not in served.needed():
                 await self._retire(served, version)
         self.on_change(model)
 
@@ -275,9 +250,10 @@ class ModelManager:
                                        actor=actor)
             except BaseException:
                 # The alias did not move: nothing may keep the version we just loaded.
-                if version not in self._needed(served):
+                if version not in served.needed():
                     await self._retire(served, version)
                 raise
+            await self._end_experiment(served, actor=actor, reason=f"promoted version {version}")
             await self._swap(served, loaded)
         self.on_change(model)
         return change.previous
@@ -305,9 +281,11 @@ class ModelManager:
                 change = await self.db(self._registry.rollback, model, PRODUCTION,
                                        actor=actor, expected=plan.previous)
             except BaseException:
-                if plan.current not in self._needed(served):
+                if plan.current not in served.needed():
                     await self._retire(served, plan.current)
                 raise
+            await self._end_experiment(
+                served, actor=actor, reason=f"rolled back to version {plan.current}")
             await self._swap(served, loaded)
         self.on_change(model)
         return change
@@ -316,8 +294,17 @@ class ModelManager:
         """Make ``loaded`` production; drain and drop the old one unless still needed."""
         previous = served.production
         served.production = loaded
-        if previous is not None and previous.version not in self._needed(served):
+        served.reroute()
+        if previous is not None and previous.version not in served.needed():
             await self._retire(served, previous.version)
+
+    async def _end_experiment(self, served: ServedModel, *, actor: str, reason: str) -> None:
+        """Promote and rollback end any running experiment: 100% on the new production."""
+        if served.policy is None:
+            return
+        await self.db(self._policies.end_experiment, served.name, actor=actor, reason=reason)
+        served.policy = None
+        served.counts = {}
 
     def serving_state(self, model: str) -> ServingState:
         """A snapshot of what is served of ``model`` (empty for an unknown model)."""
@@ -343,18 +330,6 @@ class ModelManager:
             model, production=None if production is None else production.version,
             in_flight=served.inflight, versions=tuple(loads))
 
-    async def follow_alias(self, model: str, *, actor: str) -> None:
-        """Make the served production match the registry's alias (after a rollback)."""
-        served = self.get(model)
-        async with served.lock:
-            version = await self.db(self._registry.get_alias, model, PRODUCTION)
-            loaded = await self._ensure_loaded(served, version)
-            previous = served.production
-            served.production = loaded
-            if previous is not None and previous.version not in self._needed(served):
-                await self._retire(served, previous.version)
-        self.on_change(model)
-
     async def load_model(self, model: str, version: int | None, *, actor: str) -> None:
         """Repository load: serve ``version`` (default: production) and mark the model served."""
         served = self.get(model)
@@ -371,6 +346,7 @@ class ModelManager:
             else:
                 served.explicit.add(version)
                 await self.db(self._registry.record_load, model, version, actor=actor)
+            served.reroute()
         self.on_change(model)
 
     async def unload_model(self, model: str, *, actor: str) -> None:
@@ -379,9 +355,63 @@ class ModelManager:
         async with served.lock:
             await self.db(self._registry.set_serving, model, False, actor=actor)
             served.production = None
+            served.reroute()
             for version in list(served.versions):
                 await self._retire(served, version)
         self.on_change(model)
+
+    async def apply_policy(self, model: str, policy: Policy | None, *, actor: str) -> Policy | None:
+        """Store ``policy`` (None: clear it) and serve it: every version it names is loaded
+        and warmed first; a failed load leaves the old policy serving. Returns the stored
+        policy (with its experiment id)."""
+        served = self.get(model)
+        async with served.lock:
+            if policy is not None:
+                for version in sorted(policy.versions()):
+                    await self._ensure_loaded(served, version)
+                stored: Policy | None = await self.db(
+                    self._policies.set_policy, model, policy, actor=actor)
+            else:
+                await self.db(self._policies.clear_policy, model, actor=actor)
+                stored = None
+            await self._install_policy(served, stored)
+        self.on_change(model)
+        return stored
+
+    async def _install_policy(self, served: ServedModel, policy: Policy | None) -> None:
+        """Route by ``policy`` (already stored) and drop the versions nothing needs now."""
+        served.policy = policy
+        served.counts = {}
+        if policy is not None and policy.bandit is not None:
+            served.counts = await self.db(self._policies.bandit_counts, policy.experiment_id)
+        served.reroute()
+        for version in sorted(set(served.versions) - served.needed()):
+            await self._retire(served, version)
+
+    async def sync_policies(self) -> None:
+        """Follow policy changes made elsewhere (the canary controller, another replica) and
+        refresh bandit weights from the shared reward counts. Called periodically."""
+        stored = await self.db(self._policies.list_policies)
+        for served in self.models():
+            policy = stored.get(served.name)
+            current = served.policy
+            if policy == current:
+                if policy is not None and policy.bandit is not None and served.table is not None:
+                    served.counts = await self.db(self._policies.bandit_counts,
+                                                  policy.experiment_id)
+                    served.table = served.table.with_counts(served.counts)
+                continue
+            async with served.lock:
+                try:
+                    for version in sorted(policy.versions() if policy else ()):
+                        await self._ensure_loaded(served, version)
+                except ModelLoadError as exc:
+                    log.error("policy version failed to load", extra={
+                        "event": "policy_load_failed", "model": served.name,
+                        "reason": str(exc)})
+                    continue
+                await self._install_policy(served, policy)
+            self.on_change(served.name)
 
     async def add_model(self, name: str, signature: Signature) -> ServedModel:
         return self._track(name, signature)
@@ -389,6 +419,7 @@ class ModelManager:
     async def close(self) -> None:
         for served in self._models.values():
             served.production = None
+            served.reroute()
             for version in list(served.versions):
                 await self._retire(served, version)
 
