@@ -1,0 +1,78 @@
+"""The benchmark write-up from perf_analyzer rows (no servers involved)."""
+
+from __future__ import annotations
+
+from loadtests import bench_report
+from loadtests.bench import gateway_config
+
+
+def _row(system: str, c: int, tput: float, p50: float, rep: int = 0, **kw) -> dict:
+    return {
+        "system": system,
+        "tool": "pa",
+        "model": "logreg",
+        "concurrency": c,
+        "rep": rep,
+        "throughput": tput,
+        "p50_us": p50,
+        "p99_us": 2 * p50,
+        "server_cores": 1.0,
+        "rc": 0,
+        **kw,
+    }
+
+
+ROWS = [
+    _row("gateway", 8, 3000, 2000, 0),
+    _row("gateway", 8, 3300, 1800, 1),
+    _row("gateway", 8, 2700, 2200, 2),
+    _row("bare-ort", 8, 4000, 1600),
+    _row("mlserver-pw0", 8, 1500, 5000),
+    {"system": "gateway", "tool": "pa", "model": "logreg", "concurrency": 1, "rep": 0, "rc": 2},
+]
+
+
+def test_medians_over_repetitions_and_failed_runs() -> None:
+    cells = bench_report.medians(ROWS)
+    gw = cells[("gateway", "logreg", 8)]
+    assert gw.throughput == 3000 and gw.p50_us == 2000 and gw.runs == 3
+    assert ("gateway", "logreg", 1) not in cells  # its only run failed
+
+
+def test_ratio_tables_divide_the_gateway_by_each_reference() -> None:
+    cells = bench_report.medians(ROWS)
+    bare = "\n".join(bench_report.ratio_table(cells, "bare-ort", ["logreg"], [1, 8]))
+    mls = "\n".join(bench_report.ratio_table(cells, "mlserver-pw0", ["logreg"], [1, 8]))
+    assert "| logreg | – | – | – | 0.75 | 1.25 | 1.25 |" in bare
+    assert "| logreg | – | – | – | 2.00 | 0.40 | 0.40 |" in mls
+
+
+def test_document_names_the_sitting_machine_and_commands(tmp_path) -> None:
+    cells = bench_report.medians(ROWS)
+    text = bench_report.render(
+        cells=cells,
+        systems=["gateway", "bare-ort", "mlserver-pw0"],
+        models=["logreg"],
+        concs=[1, 8, 32],
+        when="2026-11-30 06:00 UTC",
+        machine={"cores": "2"},
+        commands=["perf_analyzer -i grpc ..."],
+        notes=["a note"],
+        mode="quick",
+        duration_s=600,
+        plot_name="bench.png",
+    )
+    assert "2026-11-30 06:00 UTC" in text and "- cores: 2" in text
+    assert "perf_analyzer -i grpc ..." in text
+    assert "Ratios gateway / bare" in text and "Ratios gateway / MLServer" in text
+    assert "| gateway (this project) | logreg | – | – | 3,000 | 2,000 / 4,000 |" in text
+    png = bench_report.plot(
+        cells, ["gateway", "bare-ort"], ["logreg"], [1, 8, 32], tmp_path / "b.png"
+    )
+    assert png.stat().st_size > 5_000
+
+
+def test_gateway_config_points_at_absolute_artifacts(tmp_path) -> None:
+    text = gateway_config(tmp_path, ["logreg", "rf"])
+    assert f'[models.logreg]\nartifact = "{tmp_path}/logreg.onnx"' in text
+    assert f'[models.rf]\nartifact = "{tmp_path}/rf.onnx"' in text
