@@ -60,7 +60,7 @@ def _seed(source: str, model: ModelSettings, registry: Registry, artifacts: Arti
         return
     sha256, size = artifacts.put(data)
     version, _ = registry.register_version(
-        model.name, sha256=sha256, size=size, description=metadata.pop("description", ""),
+        model.name, sha256=sha256, size=size, description=str(metadata.pop("description", "")),
         metadata=metadata, actor=ACTOR,
     )
     registry.set_alias(model.name, PRODUCTION, version.version, actor=ACTOR)
