@@ -50,6 +50,7 @@ from sqlalchemy import (
     event,
     exc,
     make_url,
+    text,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -68,11 +69,16 @@ __all__ = [
     "VersionRow",
     "bandit_count_table",
     "canary_table",
+    "dataset_link_table",
+    "dataset_table",
     "feedback_table",
     "make_engine",
     "migrate",
     "request_log_table",
+    "run_step_table",
+    "run_table",
     "traffic_policy_table",
+    "trigger_table",
     "translate_errors",
 ]
 
@@ -482,4 +488,115 @@ bandit_count_table = Table(
     Column("successes", BigInteger, nullable=False),
     Column("failures", BigInteger, nullable=False),
     Index("ix_bandit_counts_model", "model"),
+)
+
+
+# ------------------------------------------------------------------ lifecycle loop
+# Core tables used only by ``lifecycle.runs``, ``lifecycle.datasets`` and
+# ``lifecycle.triggers``. Run and dataset ids are row ids; windows are epoch microseconds.
+
+_ACTIVE_RUN = "status IN ('queued', 'running')"
+
+run_table = Table(
+    "runs",
+    Base.metadata,
+    Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    Column("model", String(128), ForeignKey("models.name"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("trigger", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("error", Text, nullable=False),
+    Column("dataset_id", BigInteger, nullable=True),
+    Column("candidate_version", Integer, nullable=True),
+    Column("champion_version", Integer, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    CheckConstraint(
+        "status IN ('queued', 'running', 'succeeded', 'rejected', 'failed')",
+        name="ck_runs_status",
+    ),
+    Index("ix_runs_model_id", "model", "id"),
+    # At most one active run per model, enforced by the database itself so that two
+    # schedulers (threads, processes or replicas) can never overlap.
+    Index(
+        "uq_runs_model_active",
+        "model",
+        unique=True,
+        sqlite_where=text(_ACTIVE_RUN),
+        postgresql_where=text(_ACTIVE_RUN),
+    ),
+)
+
+run_step_table = Table(
+    "run_steps",
+    Base.metadata,
+    Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    Column("run_id", BigInteger, ForeignKey("runs.id"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("name", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("duration_s", Double, nullable=True),
+    Column("detail", JSON, nullable=False),
+    Column("log", Text, nullable=False),
+    UniqueConstraint("run_id", "position", name="uq_run_steps_run_position"),
+    CheckConstraint(
+        "status IN ('running', 'succeeded', 'failed')", name="ck_run_steps_status"
+    ),
+)
+
+dataset_table = Table(
+    "datasets",
+    Base.metadata,
+    Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    Column("model", String(128), ForeignKey("models.name"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("content_sha256", String(64), nullable=False),
+    Column("artifact_sha256", String(64), nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("n_features", Integer, nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("window_start_us", BigInteger, nullable=True),
+    Column("window_end_us", BigInteger, nullable=True),
+    Column("label_counts", JSON, nullable=False),
+    Column("stats", JSON, nullable=False),
+    Column("metadata", JSON, nullable=False),
+    Column("run_id", BigInteger, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("model", "version", name="uq_datasets_model_version"),
+    UniqueConstraint("model", "content_sha256", name="uq_datasets_model_content"),
+)
+
+# Which dataset a version was trained on (its lineage, readable without the version's
+# metadata, so a version registered before the loop existed can get one later).
+dataset_link_table = Table(
+    "dataset_links",
+    Base.metadata,
+    Column("model", String(128), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("dataset_id", BigInteger, ForeignKey("datasets.id"), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    ForeignKeyConstraint(
+        ["model", "version"], ["versions.model", "versions.version"],
+        name="fk_dataset_links_version",
+    ),
+)
+
+# One row per model whose triggers were ever set: the list as plain JSON. A row with an
+# empty list means "no triggers" (and stops config from seeding them again).
+trigger_table = Table(
+    "triggers",
+    Base.metadata,
+    Column("model", String(128), ForeignKey("models.name"), primary_key=True),
+    Column("specs", JSON, nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("actor", String(128), nullable=False),
 )
