@@ -49,6 +49,9 @@ lint: install
 	$(VENV)/bin/ruff check gateway lifecycle loadtests tests
 	$(VENV)/bin/mypy gateway lifecycle loadtests
 
+demo: install
+	$(PY) -m examples.demo
+
 bench: install
 	$(PY) -m loadtests.bench --quick
 

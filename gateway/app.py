@@ -1,46 +1,64 @@
 """The composition root: builds every part and owns the start and stop order.
 
-Start: database → registry → model manager (production versions) → inference gRPC server →
-admin gRPC server → HTTP server.
-Stop: readiness off → drain RPCs (admin first, then inference) → stop servers → unload
-models → close the database.
+Start: database → registry → model manager (production versions) → request log (journal
+recovered, replay started) → lifecycle (bootstrap datasets, scheduler) → inference gRPC
+server (with the feedback service) → admin gRPC server → HTTP server.
+Stop: readiness off → background tasks cancelled → lifecycle scheduler stopped (active
+runs cancelled and recorded) → drain RPCs (admin first, then inference) → stop servers →
+flush the request log (queue and journal into the database, or kept in the journal for the
+next start) → unload models → close the database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
+import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
+from prometheus_client import Counter
 
+from gateway.arm_stats import ArmStatsBook
 from gateway.auth import TokenAuthority
 from gateway.dataplane import DataPlane
+from gateway.experiments import ExperimentLoops
 from gateway.http import HttpEndpoint
+from gateway.lifecycle_runtime import LifecycleRuntime, build_lifecycle
 from gateway.metrics import GatewayMetrics
 from gateway.model_manager import ModelManager
-from gateway.pb import admin_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc
+from gateway.pb import admin_pb2_grpc, feedback_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc
+from gateway.request_log import RequestLog
+from gateway.request_log.build import DAY_S, build_request_log
+from gateway.request_log.feedback import FeedbackIntake
 from gateway.rpc.admin_auth import ADMIN_SERVICE, AdminInterceptor
 from gateway.rpc.admin_servicer import AdminServicer
+from gateway.rpc.feedback_servicer import FEEDBACK_SERVICE, FeedbackServicer
 from gateway.rpc.inference_servicer import InferenceServicer
 from gateway.rpc.server import add_health_and_reflection, bind, server_options
+from gateway.rpc.status import status_name
 from gateway.seeding import seed_models
-from gateway.settings import Settings
+from gateway.settings import ConfigError, Settings
+from gateway.shadow import ShadowRunner
 from gateway.stats import StatsBook
+from gateway.traffic_service import TrafficService
 from lifecycle.artifacts import ArtifactStore
+from lifecycle.canary import CanaryController
 from lifecycle.db import Database, make_engine, migrate
+from lifecycle.live_stats import BanditRewarder, RequestLogArmStats
 from lifecycle.policies import PolicyStore
 from lifecycle.registry import Registry
+from lifecycle.request_store import RequestStore
 from lifecycle.service import LifecycleService
 
 log = logging.getLogger("gateway.app")
-POLICY_SYNC_S = 2.0
 INFERENCE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
@@ -63,6 +81,12 @@ class GatewayApp:
         self._tasks: set[asyncio.Task[None]] = set()
         self.database: Database | None = None
         self.manager: ModelManager | None = None
+        self.request_log: RequestLog | None = None
+        self._requests: RequestStore | None = None
+        self.lifecycle: LifecycleRuntime | None = None
+        self.arm_stats = ArmStatsBook()
+        self.shadows: ShadowRunner | None = None
+        self._canary: CanaryController | None = None
 
     def is_ready(self) -> bool:
         return self._ready
@@ -86,9 +110,15 @@ class GatewayApp:
         self.manager.on_change = self._model_changed
         await self.manager.start()
         self._spawn(self._follow_policies())
+        await self._start_request_log()
+        self._start_experiments(registry)
+        await self._start_lifecycle(registry, artifacts)
 
         authority = TokenAuthority(settings.tokens)
-        dataplane = DataPlane(self.manager, self._pool, self.metrics)
+        dataplane = DataPlane(self.manager, self._pool, self.metrics,
+                              request_log=self.request_log, status_name=status_name,
+                              shadows=self.shadows, arm_stats=self.arm_stats,
+                              rng=random.Random())
         server = grpc.aio.server(options=server_options(settings))
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(
@@ -96,10 +126,13 @@ class GatewayApp:
                 authority=authority,
                 allow_repository_control=settings.allow_repository_control,
                 readiness=self.is_ready, access_log_sample=settings.access_log_sample,
+                metadata_keys=settings.request_log.metadata_keys if self.request_log else (),
             ),
             server,
         )
-        self._health = add_health_and_reflection(server, [INFERENCE_SERVICE])
+        feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(
+            FeedbackServicer(FeedbackIntake(self.request_log, self.manager.get)), server)
+        self._health = add_health_and_reflection(server, [INFERENCE_SERVICE, FEEDBACK_SERVICE])
         self.ports["grpc"] = bind(server, settings.host, settings.grpc_port, settings.tls)
         self._grpc = server
         await server.start()
@@ -112,12 +145,75 @@ class GatewayApp:
 
         for served in self.manager.models():
             await self._set_health(served.name)
+        await self._health.set(FEEDBACK_SERVICE, health_pb2.HealthCheckResponse.SERVING
+                               if self.request_log else health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        # Everything built so far lives as long as the process: keep it out of the cyclic
+        # GC's full collections. The request log holds each record for a flush interval,
+        # long enough to be promoted to the oldest generation, so full collections come
+        # often; without this each one walks the whole heap (≈ 90 ms, measured).
+        gc.collect()
+        gc.freeze()
         self._ready = True
         log.info("serving", extra={"event": "started", "ports": self.ports,
                                    "models": [m.name for m in self.manager.models()]})
         if settings.port_file is not None:
             _write_port_file(settings.port_file, self.ports)
+
+    async def _start_request_log(self) -> None:
+        """The store always (the admin service reads it); the engine when enabled. Its
+        start scans the journal, so it runs off the event loop."""
+        settings = self.settings
+        assert self.database is not None
+        self._requests = RequestStore(
+            self.database, join_window_s=settings.request_log.join_window_hours * 3600.0)
+        if not settings.request_log.enabled:
+            return
+        request_log = build_request_log(settings, self._requests, self.metrics.registry)
+        try:
+            recovery = await asyncio.get_running_loop().run_in_executor(
+                self._db_pool, request_log.start)
+        except OSError as exc:
+            raise ConfigError(settings.source, "request_log.journal_dir",
+                              f"cannot use {settings.effective_journal_dir}: {exc}") from exc
+        self.request_log = request_log
+        log.info("request log started", extra={
+            "event": "request_log_started", "journal": str(settings.effective_journal_dir),
+            "replay_records": recovery.pending_frames})
+
+    def _start_experiments(self, registry: Registry) -> None:
+        """Shadow runner, canary controller and bandit rewarder, with their loops."""
+        assert self.database is not None and self.manager is not None
+        assert self._requests is not None
+        traffic = self.settings.traffic
+        dropped = Counter("gateway_shadow_dropped_total",
+                          "Shadow copies dropped on a full shadow queue", ["model"],
+                          registry=self.metrics.registry)
+        self.shadows = ShadowRunner(self._pool, self.request_log,
+                                    queue_max=traffic.shadow_queue_max,
+                                    on_drop=lambda model: dropped.labels(model).inc())
+        self._spawn(self.shadows.run())
+        policies = PolicyStore(self.database)
+        self._canary = CanaryController(policies, registry, RequestLogArmStats(self._requests),
+                                        self.manager, actor="canary", executor=self._db_pool)
+        loops = ExperimentLoops(
+            manager=self.manager, canary=self._canary,
+            rewarder=BanditRewarder(self._requests, policies), executor=self._db_pool,
+            canary_tick_s=traffic.canary_tick_s, bandit_update_s=traffic.bandit_update_s)
+        self._spawn(loops.run_canaries())
+        self._spawn(loops.run_bandits())
+
+    async def _start_lifecycle(self, registry: Registry, artifacts: ArtifactStore) -> None:
+        """The retraining loop (``gateway.lifecycle_runtime``). Its start does database
+        work and its scheduler owns threads: off the event loop."""
+        assert self.database is not None and self.manager is not None
+        assert self._requests is not None
+        loop = asyncio.get_running_loop()
+        self.lifecycle = build_lifecycle(
+            self.settings, database=self.database, registry=registry, artifacts=artifacts,
+            requests=self._requests, policies=PolicyStore(self.database),
+            deployer=self.manager, loop=loop, executor=self._db_pool, canary=self._canary)
+        await loop.run_in_executor(None, self.lifecycle.start)
 
     async def _start_admin(self, registry: Registry, artifacts: ArtifactStore,
                            authority: TokenAuthority) -> None:
@@ -129,10 +225,19 @@ class GatewayApp:
             max_upload_bytes=settings.max_upload_bytes,
             # Leave room for the message framing around a download chunk.
             max_chunk_bytes=min(4 * 1024 * 1024, settings.max_message_bytes // 2),
+            requests=self._requests,
+            request_retention_s=lambda model: settings.logging_of(model).retention_days * DAY_S,
         )
         admin = grpc.aio.server(options=server_options(settings),
                                 interceptors=[AdminInterceptor(authority)])
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(lifecycle), admin)
+        assert self._canary is not None and self._requests is not None
+        traffic = TrafficService(
+            manager=self.manager, policies=PolicyStore(self.database), canary=self._canary,
+            arm_stats=self.arm_stats, shadows=self.shadows,
+            live=RequestLogArmStats(self._requests), db_executor=self._db_pool)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(
+            lifecycle, loop=self.lifecycle.service if self.lifecycle else None,
+            traffic=traffic), admin)
         health = add_health_and_reflection(admin, [ADMIN_SERVICE.full_name])
         self.ports["admin"] = bind(admin, settings.host, settings.admin_port, settings.tls)
         self._admin, self._admin_health = admin, health
@@ -149,7 +254,7 @@ class GatewayApp:
         replicas) and for bandit reward counts."""
         assert self.manager is not None
         while True:
-            await asyncio.sleep(POLICY_SYNC_S)
+            await asyncio.sleep(self.settings.traffic.policy_sync_s)
             try:
                 await self.manager.sync_policies()
             except Exception:
@@ -168,8 +273,13 @@ class GatewayApp:
 
     async def stop(self) -> None:
         self._ready = False
+        gc.unfreeze()
         for task in list(self._tasks):
             task.cancel()
+        if self.lifecycle is not None:
+            # In an executor: a run may be waiting on this loop (a promotion) before it
+            # can see the cancel.
+            await asyncio.get_running_loop().run_in_executor(None, self.lifecycle.stop)
         grace = self.settings.shutdown_grace_s
         for health in (self._admin_health, self._health):
             if health is not None:
@@ -180,6 +290,12 @@ class GatewayApp:
             await self._grpc.stop(grace)
         if self._http is not None:
             await self._http.stop()
+        if self.request_log is not None:
+            # After the drain (no more records can arrive), before the database closes.
+            await asyncio.get_running_loop().run_in_executor(
+                self._db_pool, self.request_log.stop, self.settings.request_log.stop_timeout_s)
+        if self.shadows is not None:
+            self.shadows.close()
         if self.manager is not None:
             await self.manager.close()
         for pool in (self._pool, self._admin_pool, self._load_pool, self._db_pool):

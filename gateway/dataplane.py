@@ -1,22 +1,30 @@
-"""The serving path of one inference: admission → resolve → validate → run → respond.
+"""The serving path of one inference: admission → resolve → validate → run → respond → log.
 
 Knows no protobuf. Fast models run inline on the event loop (a thread hop costs more than
-they do); the rest run in the bounded inference pool.
+they do); the rest run in the bounded inference pool. Every request that reached a model
+version is handed to the request log (a reference to its tensors, no copy, never awaited),
+failures with their status code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 
 import numpy as np
 
+from gateway.arm_stats import ArmStatsBook
 from gateway.errors import DeadlineExceeded, InferenceFailed, InvalidInput, Overloaded
 from gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
 from gateway.model_manager import LoadedVersion, ModelManager, ServedModel
+from gateway.request_log import RequestLog, RequestRecord
+from gateway.routing import PINNED_ARM, Route, extract_routing_key
 from gateway.runtime import OnnxModel
+from gateway.shadow import ShadowJob, ShadowRunner
 from gateway.types import InferOutput, InferRequest, InferResponse
 
 log = logging.getLogger("gateway.dataplane")
@@ -76,39 +84,80 @@ def output_names(onnx: OnnxModel, model: str, requested: list[str]) -> list[str]
     return requested
 
 
+def _no_status(exc: BaseException) -> str:
+    return "UNKNOWN"
+
+
 class DataPlane:
-    def __init__(self, manager: ModelManager, pool: Executor, metrics: GatewayMetrics) -> None:
+    """``request_log`` (optional) receives a record of every request that reached a
+    version; ``status_name`` names the status a failure will get (the gRPC layer's table,
+    injected so that the core imports no gRPC)."""
+
+    def __init__(
+        self, manager: ModelManager, pool: Executor, metrics: GatewayMetrics, *,
+        request_log: RequestLog | None = None,
+        status_name: Callable[[BaseException], str] = _no_status,
+        shadows: ShadowRunner | None = None,
+        arm_stats: ArmStatsBook | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self._manager = manager
         self._pool = pool
         self._metrics = metrics
+        self._request_log = request_log
+        self._status_name = status_name
+        self._shadows = shadows
+        self.arm_stats = arm_stats if arm_stats is not None else ArmStatsBook()
+        # Used only on the event loop thread (the split's draws).
+        self._rng = rng if rng is not None else random.Random()
 
-    async def infer(self, request: InferRequest, started_ns: int) -> InferResponse:
-        """Serve one request. Accounting of failures is the caller's (see ``account_failure``)."""
-        served, loaded = self._manager.resolve(request.model, request.version)
-        if served.inflight >= served.settings.max_inflight:
-            raise Overloaded(
-                f"model '{served.name}' has {served.inflight} requests in flight, the limit "
-                f"(max_inflight) is {served.settings.max_inflight}"
-            )
-        onnx = loaded.onnx
-        feeds = build_feeds(onnx, served.name, request)
-        names = output_names(onnx, served.name, request.requested_outputs)
-        served.inflight += 1
-        loaded.inflight += 1
+    async def infer(self, request: InferRequest, started_ns: int,
+                    metadata: Mapping[str, str] | None = None,
+                    routing_header: str | None = None) -> InferResponse:
+        """Serve one request. Accounting of failures is the caller's (see ``account_failure``);
+        logging them is this method's. ``metadata`` is the client metadata to log (already
+        whitelisted); ``routing_header`` the ``x-routing-key`` metadata value, if sent.
+
+        The model's routing table picks the version (a pinned ``model_version`` must be in
+        the serving set: ``VersionNotFound``); shadows of the route get a copy after the
+        primary answered, through the bounded shadow queue."""
+        key = (extract_routing_key(request.parameters, routing_header)
+               if request.parameters or routing_header is not None else None)
+        served, route = self._manager.route(request.model, request.version, key, self._rng)
+        loaded = route.handle
+        counter = (None if route.arm == PINNED_ARM
+                   else self.arm_stats.counter(served.name, route.experiment_id, route.version))
         try:
-            t_input = time.perf_counter_ns()
-            if loaded.inline:
-                _check_deadline(request.deadline)
-                t_run = time.perf_counter_ns()
-                arrays = self._run(onnx, feeds, names, request.id, loaded)
-            else:
-                t_run, arrays = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._run_pooled, onnx, feeds, names, request, loaded
+            if served.inflight >= served.settings.max_inflight:
+                raise Overloaded(
+                    f"model '{served.name}' has {served.inflight} requests in flight, the "
+                    f"limit (max_inflight) is {served.settings.max_inflight}"
                 )
-            t_done = time.perf_counter_ns()
-        finally:
-            served.inflight -= 1
-            loaded.release()
+            onnx = loaded.onnx
+            feeds = build_feeds(onnx, served.name, request)
+            names = output_names(onnx, served.name, request.requested_outputs)
+            served.inflight += 1
+            loaded.inflight += 1
+            try:
+                t_input = time.perf_counter_ns()
+                if loaded.inline:
+                    _check_deadline(request.deadline)
+                    t_run = time.perf_counter_ns()
+                    arrays = self._run(onnx, feeds, names, request.id, loaded)
+                else:
+                    t_run, arrays = await asyncio.get_running_loop().run_in_executor(
+                        self._pool, self._run_pooled, onnx, feeds, names, request, loaded
+                    )
+                t_done = time.perf_counter_ns()
+            finally:
+                served.inflight -= 1
+                loaded.release()
+        except Exception as exc:
+            if counter is not None:
+                counter.failure()
+            if self._request_log is not None:
+                self._log_failure(request, loaded, exc, started_ns, metadata, route)
+            raise
         datatypes = onnx.outputs
         outputs = [
             InferOutput(name, datatypes[name], array)
@@ -121,9 +170,54 @@ class DataPlane:
             infer_ns=t_done - t_run, output_ns=t_end - t_done, batch=batch,
         )
         loaded.metrics.success((t_end - started_ns) / 1e9)
+        latency_us = (t_end - started_ns) // 1000
+        if counter is not None:
+            counter.success(latency_us)
+        if self._request_log is not None:
+            # By reference: the request log's writer thread encodes the arrays. Positional
+            # (model, version, request_id, inputs, outputs, status, latency_us,
+            # timestamp_us, metadata, record_id, payload_dropped, arm, experiment_id,
+            # routing_key_hash, shadow): keywords cost twice as much here.
+            self._request_log.log(RequestRecord(
+                served.name, loaded.version, request.id, request.inputs, outputs, "OK",
+                latency_us, 0, metadata, "", False, route.arm, route.experiment_id,
+                route.routing_key_hash, False,
+            ))
+        if route.shadows and self._shadows is not None:
+            self._mirror(route, feeds, request, outputs)
         return InferResponse(
-            model=served.name, version=loaded.label, id=request.id, outputs=outputs
+            model=served.name, version=loaded.label, id=request.id, outputs=outputs,
+            routing_arm=route.arm, experiment_id=route.experiment_id,
         )
+
+    def _mirror(self, route: Route[LoadedVersion], feeds: dict[str, np.ndarray],
+                request: InferRequest, outputs: list[InferOutput]) -> None:
+        """Queue a copy for each shadow of ``route``; never fails the caller."""
+        assert self._shadows is not None
+        for target in route.shadows:
+            try:
+                self._shadows.submit(ShadowJob(
+                    target.handle, feeds, request.inputs, outputs, request.id,
+                    route.experiment_id, route.routing_key_hash))
+            except Exception:
+                log.exception("shadow submit failed", extra={
+                    "event": "shadow_submit_failed", "request_id": request.id})
+
+    def _log_failure(self, request: InferRequest, loaded: LoadedVersion, exc: Exception,
+                     started_ns: int, metadata: Mapping[str, str] | None,
+                     route: Route[LoadedVersion]) -> None:
+        assert self._request_log is not None
+        try:
+            status = self._status_name(exc)
+        except Exception:
+            status = "UNKNOWN"
+        self._request_log.log(RequestRecord(
+            model=loaded.model, version=loaded.version, request_id=request.id,
+            inputs=request.inputs, status=status,
+            latency_us=(time.perf_counter_ns() - started_ns) // 1000, metadata=metadata,
+            arm=route.arm, experiment_id=route.experiment_id,
+            routing_key_hash=route.routing_key_hash,
+        ))
 
     @staticmethod
     def _run(

@@ -13,6 +13,8 @@
     ├── PermissionDenied (PermissionError)    PERMISSION_DENIED
     ├── FailedPrecondition                    FAILED_PRECONDITION
     ├── ShuttingDown                          UNAVAILABLE
+    ├── Unavailable                           UNAVAILABLE (cannot take it now, e.g. the
+    │                                         request log's queue is full: retry)
     ├── ModelLoadError                        a version failed to load or warm up
     └── InferenceFailed                       INTERNAL (generic message; details logged)
 """
@@ -67,6 +69,10 @@ class FailedPrecondition(GatewayError):
 
 
 class ShuttingDown(GatewayError):
+    pass
+
+
+class Unavailable(GatewayError):
     pass
 
 

@@ -360,6 +360,14 @@ class ModelManager:
                 await self._retire(served, version)
         self.on_change(model)
 
+    async def prepare(self, model: str, versions: frozenset[int] | set[int]) -> None:
+        """Load and warm ``versions`` before a policy naming them is stored elsewhere (a
+        canary start); raises ``ModelLoadError`` and leaves routing untouched."""
+        served = self.get(model)
+        async with served.lock:
+            for version in sorted(versions):
+                await self._ensure_loaded(served, version)
+
     async def apply_policy(self, model: str, policy: Policy | None, *, actor: str) -> Policy | None:
         """Store ``policy`` (None: clear it) and serve it: every version it names is loaded
         and warmed first; a failed load leaves the old policy serving. Returns the stored

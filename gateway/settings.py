@@ -15,12 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from gateway.datatypes import V2_TO_NUMPY
+from gateway.lifecycle_settings import (
+    LoopSettings,
+    SettingError,
+    parse_loop_settings,
+    parse_model_lifecycle,
+)
+from lifecycle.loop_config import LifecycleConfig
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 256 * 1024 * 1024
 ROLES = ("reader", "operator")
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 BOOTSTRAPS = ("synthetic_fraud",)
+MIB = 1024 * 1024
+# gRPC metadata keys are lower-case ASCII letters, digits, '-', '_' and '.'.
+_METADATA_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
 class ConfigError(ValueError):
@@ -47,6 +57,35 @@ class TensorDecl:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LoggingSettings:
+    """What the request log keeps of one model (``[models.NAME.logging]``, defaulting to
+    the same keys in ``[request_log]``). Read from the file at every start: the file, not
+    the database, is where logging policy lives."""
+
+    sample_rate: float = 1.0
+    capture_payload: bool = True
+    max_payload_bytes: int = MIB
+    retention_days: float = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestLogSettings:
+    """``[request_log]``: the engine's bounds and the defaults of every model's logging."""
+
+    enabled: bool = True
+    queue_max: int = 10_000
+    queue_max_mb: float = 64.0
+    batch_max: int = 500
+    flush_interval_ms: float = 50.0
+    journal_budget_mb: float = 512.0
+    journal_dir: Path | None = None
+    metadata_keys: tuple[str, ...] = ()
+    join_window_hours: float = 168.0
+    stop_timeout_s: float = 10.0
+    defaults: LoggingSettings = field(default_factory=LoggingSettings)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelSettings:
     name: str
     artifact: Path | None = None
@@ -58,6 +97,9 @@ class ModelSettings:
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     inputs: tuple[TensorDecl, ...] = ()
     outputs: tuple[TensorDecl, ...] = ()
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    # [models.NAME.lifecycle]: how the model retrains (None: it does not).
+    lifecycle: LifecycleConfig | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +118,16 @@ class TlsSettings:
     @property
     def enabled(self) -> bool:
         return self.cert is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrafficSettings:
+    """``[traffic]``: the shadow queue bound and the experiment loops' periods (s)."""
+
+    shadow_queue_max: int = 1024
+    canary_tick_s: float = 1.0
+    bandit_update_s: float = 5.0
+    policy_sync_s: float = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,11 +151,30 @@ class Settings:
     artifacts_dir: Path | None = None
     tokens: tuple[TokenSettings, ...] = ()
     tls: TlsSettings = field(default_factory=TlsSettings)
+    request_log: RequestLogSettings = field(default_factory=RequestLogSettings)
     models: tuple[ModelSettings, ...] = ()
+    lifecycle: LoopSettings = field(default_factory=LoopSettings)
+    traffic: TrafficSettings = field(default_factory=TrafficSettings)
+
+    @property
+    def lifecycle_enabled(self) -> bool:
+        """``[lifecycle] enabled``, by default on when any model has a lifecycle table."""
+        if self.lifecycle.enabled is not None:
+            return self.lifecycle.enabled
+        return any(m.lifecycle is not None for m in self.models)
 
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'gateway.db').resolve()}"
+
+    @property
+    def effective_journal_dir(self) -> Path:
+        return self.request_log.journal_dir or self.data_dir / "request-log"
+
+    def logging_of(self, model: str) -> LoggingSettings:
+        """The model's logging settings: its own table, else the ``[request_log]`` ones."""
+        found = self.model(model)
+        return found.logging if found is not None else self.request_log.defaults
 
     @property
     def effective_artifacts_dir(self) -> Path:
@@ -204,7 +275,15 @@ def _parse(source: str, raw: Mapping[str, Any], base_dir: Path) -> Settings:
     artifacts = _Reader(source, "artifacts", top.table_of("artifacts"))
     auth = _Reader(source, "auth", top.table_of("auth"))
     tls = _Reader(source, "tls", top.table_of("tls"))
+    request_log = _parse_request_log(
+        _Reader(source, "request_log", top.table_of("request_log")), base_dir
+    )
     models_table = top.table_of("models")
+    traffic = _Reader(source, "traffic", top.table_of("traffic"))
+    try:
+        loop = parse_loop_settings(top.table_of("lifecycle"), base_dir)
+    except SettingError as exc:
+        raise ConfigError(source, f"lifecycle.{exc.key}", exc.reason) from exc
     top.finish()
 
     def path_of(reader: _Reader, name: str) -> Path | None:
@@ -233,12 +312,27 @@ def _parse(source: str, raw: Mapping[str, Any], base_dir: Path) -> Settings:
         tls=TlsSettings(
             cert=path_of(tls, "cert"), key=path_of(tls, "key"), client_ca=path_of(tls, "client_ca")
         ),
+        request_log=request_log,
+        lifecycle=loop,
+        traffic=TrafficSettings(
+            shadow_queue_max=traffic.positive("shadow_queue_max", int, 1024),
+            canary_tick_s=traffic.positive("canary_tick_s", float, 1.0),
+            bandit_update_s=traffic.positive("bandit_update_s", float, 5.0),
+            policy_sync_s=traffic.positive("policy_sync_s", float, 2.0),
+        ),
         models=tuple(
-            _parse_model(source, name, table, base_dir) for name, table in models_table.items()
+            _parse_model(source, name, table, base_dir, request_log.defaults)
+            for name, table in models_table.items()
         ),
     )
-    for reader in (server, database, artifacts, auth, tls):
+    for reader in (server, database, artifacts, auth, tls, traffic):
         reader.finish()
+    for model in settings.models:
+        if model.lifecycle is not None and not model.lifecycle.estimator.startswith(
+                loop.allowed_estimators):
+            raise ConfigError(source, f"models.{model.name}.lifecycle.estimator",
+                              f"'{model.lifecycle.estimator}' is outside [lifecycle] "
+                              f"allowed_estimators {list(loop.allowed_estimators)}")
     if (settings.tls.cert is None) != (settings.tls.key is None):
         raise ConfigError(source, "tls", "cert and key must be given together")
     return settings
@@ -249,6 +343,45 @@ def _fraction(reader: _Reader, name: str, default: float) -> float:
     if not 0.0 <= value <= 1.0:
         raise reader.fail(name, f"expected a fraction between 0 and 1, got {value}")
     return value
+
+
+def _parse_logging(reader: _Reader, defaults: LoggingSettings) -> LoggingSettings:
+    """The policy keys of ``reader`` (``[request_log]`` or ``[models.NAME.logging]``)."""
+    retention = reader.positive("retention_days", float, defaults.retention_days)
+    return LoggingSettings(
+        sample_rate=_fraction(reader, "sample_rate", defaults.sample_rate),
+        capture_payload=reader.get("capture_payload", bool, defaults.capture_payload),
+        max_payload_bytes=reader.positive("max_payload_bytes", int, defaults.max_payload_bytes,
+                                          allow_zero=True),
+        retention_days=retention,
+    )
+
+
+def _parse_request_log(reader: _Reader, base_dir: Path) -> RequestLogSettings:
+    keys = reader.get("metadata_keys", list, [])
+    for key in keys:
+        if not isinstance(key, str) or not key or not set(key) <= _METADATA_KEY_CHARS:
+            raise reader.fail("metadata_keys", "expected an array of gRPC metadata keys "
+                              f"(lower-case letters, digits, '-', '_', '.'), got {key!r}")
+        if key.endswith("-bin") or key == "authorization":
+            raise reader.fail("metadata_keys", f"'{key}' cannot be captured (binary "
+                              "metadata and credentials are never logged)")
+    journal_dir = reader.get("journal_dir", str, None)
+    settings = RequestLogSettings(
+        enabled=reader.get("enabled", bool, True),
+        queue_max=reader.positive("queue_max", int, 10_000),
+        queue_max_mb=reader.positive("queue_max_mb", float, 64.0),
+        batch_max=reader.positive("batch_max", int, 500),
+        flush_interval_ms=reader.positive("flush_interval_ms", float, 50.0),
+        journal_budget_mb=reader.positive("journal_budget_mb", float, 512.0),
+        journal_dir=(base_dir / journal_dir).resolve() if journal_dir else None,
+        metadata_keys=tuple(dict.fromkeys(keys)),
+        join_window_hours=reader.positive("join_window_hours", float, 168.0),
+        stop_timeout_s=reader.positive("stop_timeout_s", float, 10.0, allow_zero=True),
+        defaults=_parse_logging(reader, LoggingSettings()),
+    )
+    reader.finish()
+    return settings
 
 
 def _parse_tokens(source: str, auth: _Reader) -> tuple[TokenSettings, ...]:
@@ -293,7 +426,15 @@ def _parse_tensors(source: str, prefix: str, value: Any) -> tuple[TensorDecl, ..
     return tuple(tensors)
 
 
-def _parse_model(source: str, name: str, table: Any, base_dir: Path) -> ModelSettings:
+def _parse_lifecycle(source: str, prefix: str, table: Mapping[str, Any]) -> LifecycleConfig:
+    try:
+        return parse_model_lifecycle(table)
+    except SettingError as exc:
+        raise ConfigError(source, f"{prefix}.lifecycle.{exc.key}", exc.reason) from exc
+
+
+def _parse_model(source: str, name: str, table: Any, base_dir: Path,
+                 logging_defaults: LoggingSettings) -> ModelSettings:
     prefix = f"models.{name}"
     if not isinstance(table, dict):
         raise ConfigError(source, prefix, "expected a table")
@@ -323,6 +464,10 @@ def _parse_model(source: str, name: str, table: Any, base_dir: Path) -> ModelSet
         execution_providers=tuple(providers),
     )
     runtime_reader.finish()
+    logging_reader = _Reader(source, f"{prefix}.logging", reader.table_of("logging"))
+    logging = _parse_logging(logging_reader, logging_defaults)
+    logging_reader.finish()
+    lifecycle = reader.get("lifecycle", dict, None)
     settings = ModelSettings(
         name=name,
         artifact=(base_dir / artifact).resolve() if artifact else None,
@@ -334,6 +479,8 @@ def _parse_model(source: str, name: str, table: Any, base_dir: Path) -> ModelSet
         runtime=runtime,
         inputs=_parse_tensors(source, f"{prefix}.inputs", reader.get("inputs", list, [])),
         outputs=_parse_tensors(source, f"{prefix}.outputs", reader.get("outputs", list, [])),
+        logging=logging,
+        lifecycle=None if lifecycle is None else _parse_lifecycle(source, prefix, lifecycle),
     )
     reader.finish()
     if settings.artifact is not None and not settings.artifact.is_file():

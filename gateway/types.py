@@ -40,3 +40,6 @@ class InferResponse:
     version: str
     id: str
     outputs: list[InferOutput]
+    routing_arm: str = ""
+    experiment_id: str = ""
+    """Returned as ``response.parameters`` (strings) by the gRPC layer."""

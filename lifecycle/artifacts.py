@@ -1,10 +1,11 @@
 """Content-addressed artifact storage on the local file system.
 
-Layout: ``<root>/sha256/<hex>.onnx``. A file appears under its final name only
-once it is complete and on disk (written to a temporary file in the same
-directory, fsynced, renamed, directory fsynced), so readers never see a partial
-artifact and a crash leaves at most a stray ``.tmp-*`` file. Writes are
-idempotent: the same bytes always land at the same path. Reads verify the digest.
+Layout: ``<root>/sha256/<hex><suffix>``: ``.onnx`` for models, ``.npz`` for datasets
+(the suffix names the kind for people; the digest alone identifies the bytes). A file
+appears under its final name only once it is complete and on disk (written to a
+temporary file in the same directory, fsynced, renamed, directory fsynced), so readers
+never see a partial artifact and a crash leaves at most a stray ``.tmp-*`` file. Writes
+are idempotent: the same bytes always land at the same path. Reads verify the digest.
 The store handles bytes only; nothing is ever unpickled.
 """
 
@@ -34,8 +35,11 @@ class ArtifactStore:
     and ``ArtifactCorrupt`` when the file's bytes no longer hash to its name.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, suffix: str = ".onnx") -> None:
+        if not re.fullmatch(r"\.[a-z0-9]+", suffix):
+            raise InvalidArgument(f"artifact suffix must look like '.onnx', got {suffix!r}")
         self.root = Path(root)
+        self.suffix = suffix
         self._dir = self.root / "sha256"
 
     def path(self, sha256: str) -> Path:
@@ -44,7 +48,7 @@ class ArtifactStore:
             raise InvalidArgument(
                 f"artifact digest must be 64 lowercase hex digits, got {sha256!r}"
             )
-        return self._dir / f"{sha256}.onnx"
+        return self._dir / f"{sha256}{self.suffix}"
 
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -60,6 +61,8 @@ _TYPE_RANK = struct.Struct("<BB")
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _DIMS = [struct.Struct(f"<{n}Q") for n in range(33)]
+# The dims and the data length of a tensor of each rank, packed in one call.
+_DIMS_LEN = [struct.Struct(f"<{n + 1}Q") for n in range(33)]
 MAX_RANK = 32
 
 
@@ -116,9 +119,18 @@ def _array_bytes(name: str, datatype: str, array: np.ndarray) -> tuple[tuple[int
         raise InvalidArgument(
             f"tensor '{name}': unknown datatype '{datatype}', expected one of {list(DATATYPES)}"
         )
-    if array.dtype != dtype:
+    # Identity first: numpy's dtype comparison costs more than the rest of the encoding.
+    if array.dtype is not dtype and array.dtype != dtype:
         array = np.asarray(array, dtype=dtype)
     return array.shape, array.tobytes()
+
+
+@lru_cache(maxsize=4096)
+def _tensor_head(name: str, datatype: str, rank: int) -> bytes:
+    """``u16 name_len · name · u8 datatype code · u8 rank``: the same for every record of a
+    model's tensor, so built once."""
+    raw = name.encode("utf-8")
+    return _NAME_LEN.pack(len(raw)) + raw + _TYPE_RANK.pack(_CODE[datatype], rank)
 
 
 def encode_tensors(tensors: Iterable[Tensor | TensorSource]) -> bytes:
@@ -133,14 +145,11 @@ def encode_tensors(tensors: Iterable[Tensor | TensorSource]) -> bytes:
                 raise InvalidArgument(f"tensor '{item.name}': unknown datatype '{item.datatype}'")
         else:
             shape, data = _array_bytes(item.name, item.datatype, item.array)
-        if len(shape) > MAX_RANK:
-            raise InvalidArgument(f"tensor '{item.name}': rank {len(shape)} is above {MAX_RANK}")
-        name = item.name.encode("utf-8")
-        parts.append(_NAME_LEN.pack(len(name)))
-        parts.append(name)
-        parts.append(_TYPE_RANK.pack(_CODE[item.datatype], len(shape)))
-        parts.append(_DIMS[len(shape)].pack(*shape))
-        parts.append(_U64.pack(len(data)))
+        rank = len(shape)
+        if rank > MAX_RANK:
+            raise InvalidArgument(f"tensor '{item.name}': rank {rank} is above {MAX_RANK}")
+        parts.append(_tensor_head(item.name, item.datatype, rank))
+        parts.append(_DIMS_LEN[rank].pack(*shape, len(data)))
         parts.append(data)
         count += 1
     if count > 0xFFFF:
@@ -222,9 +231,12 @@ class Label:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestEntry:
     """One logged inference in its stored form (tensor blobs already encoded).
+
+    Not frozen: the request log's writer builds one per logged inference, and a frozen
+    dataclass's ``__init__`` costs three times as much. Treat it as immutable.
 
     ``inputs``/``outputs`` are ``encode_tensors`` blobs, or None when the payload was not
     captured (policy off, or over the size limit: then ``payload_dropped``). Routing fields

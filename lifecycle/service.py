@@ -6,6 +6,11 @@ the database executor, ONNX validation and artifact I/O in the work executor, so
 nothing blocking runs on the loop. Errors are the registry's and artifact store's
 (``lifecycle.errors``) and the deployer's own, unchanged.
 
+The request log's reads go through here too: ``query_requests`` streams a model's logged
+inferences page by page (each page one short read in the database executor), and
+``purge_requests`` deletes in bounded batches in the work executor, so a long purge never
+holds the database executor that serving's registry calls use.
+
 Version metadata layout (the registry stores one JSON object per version): the keys
 ``params``, ``metrics``, ``source``, ``lineage`` and ``registered_by`` are ours; every
 other key is free-form metadata.
@@ -16,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import re
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -34,6 +41,8 @@ from lifecycle.errors import (
     PreconditionError,
 )
 from lifecycle.registry import ANY, MAX_EVENTS, Expected, Registry
+from lifecycle.request_records import FeedbackEntry, LoggedRequest
+from lifecycle.request_store import RequestStore
 from lifecycle.uploads import validate_onnx
 
 __all__ = [
@@ -42,6 +51,8 @@ __all__ = [
     "LifecycleService",
     "ModelInfo",
     "Registration",
+    "RequestPurge",
+    "RequestQuery",
     "Upload",
     "VersionInfo",
 ]
@@ -53,6 +64,9 @@ DEFAULT_CHUNK_BYTES = 256 * 1024
 # The registry checks names too; checking here as well keeps an invalid name from
 # storing an artifact before the registry refuses it.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+QUERY_PAGE = 500
+DEFAULT_UNMATCHED = 1000
+MAX_UNMATCHED = 10_000
 
 
 @dataclass(frozen=True)
@@ -126,6 +140,31 @@ class Registration:
 
 
 @dataclass(frozen=True)
+class RequestQuery:
+    """Filters of ``query_requests``: times are epoch microseconds, ``since`` inclusive,
+    ``until`` exclusive; None means no bound."""
+
+    model: str
+    version: int | None = None
+    since_us: int | None = None
+    until_us: int | None = None
+    has_feedback: bool | None = None
+    include_shadow: bool = True
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class RequestPurge:
+    """What ``purge_requests`` deleted, and the cutoff it applied (epoch µs)."""
+
+    model: str
+    before_us: int
+    requests: int
+    feedback: int
+    unmatched_feedback: int
+
+
+@dataclass(frozen=True)
 class Download:
     """The artifact's record and its bytes; ``chunks`` verifies the digest as it goes
     and raises ``ArtifactCorrupt`` after the last chunk if the bytes changed."""
@@ -148,7 +187,16 @@ class LifecycleService:
         work_executor: Executor,
         max_upload_bytes: int,
         max_chunk_bytes: int = 4 * 1024 * 1024,
+        requests: RequestStore | None = None,
+        request_retention_s: Callable[[str], float] | None = None,
+        clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
     ) -> None:
+        """``requests`` is the request log's store (its methods raise
+        ``PreconditionError`` without one); ``request_retention_s(model)`` is how long a
+        model's records are kept when a purge names no cutoff."""
+        self._requests = requests
+        self._retention_s = request_retention_s
+        self._clock_us = clock_us
         self._registry = registry
         self._artifacts = artifacts
         self._deployer = deployer
@@ -345,6 +393,81 @@ class LifecycleService:
                 "to another version before unloading it")
         await self._deployer.unload_version(model, version, actor=actor)
         return self._deployer.serving_state(model).version(version)
+
+    # -------------------------------------------------------------- request log
+
+    def _request_store(self) -> RequestStore:
+        if self._requests is None:
+            raise PreconditionError("this gateway has no request log")
+        return self._requests
+
+    async def query_requests(self, query: RequestQuery) -> AsyncIterator[LoggedRequest]:
+        """Stream the records matching ``query`` in time order, with their joined labels.
+        ``ModelNotFound`` for an unknown model, ``InvalidArgument`` for a negative limit."""
+        store = self._request_store()
+        if query.limit is not None and query.limit < 0:
+            raise InvalidArgument(f"limit must not be negative, got {query.limit}")
+        await self._db(self._registry.get_model, query.model)
+        records = store.query_requests(
+            query.model, version=query.version, since=query.since_us, until=query.until_us,
+            has_feedback=query.has_feedback, include_shadow=query.include_shadow,
+            limit=query.limit,
+        )
+        try:
+            while True:
+                page = await self._db(lambda: list(itertools.islice(records, QUERY_PAGE)))
+                for record in page:
+                    yield record
+                if len(page) < QUERY_PAGE:
+                    return
+        finally:
+            # A page still being read in the executor makes close() refuse; the generator
+            # then ends when it is collected.
+            close = getattr(records, "close", None)  # a generator: ends its page reads
+            if close is not None:
+                with contextlib.suppress(ValueError):
+                    close()
+
+    async def unmatched_feedback(self, model: str, *, limit: int = 0) -> list[FeedbackEntry]:
+        """Feedback of ``model`` that matched no primary record within the join window,
+        oldest first; ``limit`` 0 means ``DEFAULT_UNMATCHED``."""
+        store = self._request_store()
+        if not 0 <= limit <= MAX_UNMATCHED:
+            raise InvalidArgument(f"limit must be within 0..{MAX_UNMATCHED}, got {limit}")
+        await self._db(self._registry.get_model, model)
+        return await self._db(store.unmatched_feedback, model=model,
+                              limit=limit or DEFAULT_UNMATCHED)
+
+    async def purge_requests(self, model: str, *, actor: str, before_us: int | None = None,
+                             older_than_s: float | None = None) -> RequestPurge:
+        """Delete ``model``'s records logged before the cutoff (``before_us``, else now minus
+        ``older_than_s``, else now minus the model's retention) and its feedback received
+        before it, then its unmatched feedback past the join window. Recorded as a
+        ``requests.purge`` event."""
+        store = self._request_store()
+        await self._db(self._registry.get_model, model)
+        if before_us is None:
+            if older_than_s is None:
+                if self._retention_s is None:
+                    raise InvalidArgument("give a cutoff: this gateway has no retention "
+                                          "configured")
+                older_than_s = self._retention_s(model)
+            if not math.isfinite(older_than_s) or older_than_s < 0:
+                raise InvalidArgument(
+                    f"older_than must be a non-negative number of days, got {older_than_s}")
+            before_us = self._clock_us() - int(older_than_s * 1_000_000)
+        cutoff = before_us
+        # Bounded batches, each its own transaction, in the work executor: the database
+        # executor stays free for serving's registry calls meanwhile.
+        result = await self._work(lambda: store.purge_before(cutoff, model=model))
+        unmatched = await self._work(lambda: store.purge_unmatched_feedback(model=model))
+        purge = RequestPurge(model=model, before_us=cutoff, requests=result.requests,
+                             feedback=result.feedback, unmatched_feedback=unmatched)
+        await self._db(self._registry.record_event, actor, "requests.purge", model=model,
+                       detail={"before_us": cutoff, "requests": purge.requests,
+                               "feedback": purge.feedback,
+                               "unmatched_feedback": purge.unmatched_feedback})
+        return purge
 
     async def _registered(self, model: str, version: int, verb: str) -> None:
         record = await self._db(self._registry.get_version, model, version)

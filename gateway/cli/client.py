@@ -1,6 +1,7 @@
-"""What every admin subcommand shares: connection flags, the channel, auth, and errors.
+"""What every subcommand shares: connection flags, the channel, auth, and errors.
 
-The CLI is a gRPC client like any other: it knows the admin API, not the server.
+The CLI is a gRPC client like any other: it knows the admin API (and, for feedback, the
+inference port's FeedbackService), not the server.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any
 
 import grpc
 
-from gateway.pb import admin_pb2_grpc
+from gateway.pb import admin_pb2_grpc, feedback_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:8003"
 ENV_TARGET = "GATEWAY_ADMIN_TARGET"
+DEFAULT_INFERENCE_TARGET = "127.0.0.1:8001"
+ENV_INFERENCE_TARGET = "GATEWAY_INFERENCE_TARGET"
 ENV_TOKEN = "GATEWAY_ADMIN_TOKEN"
 DEFAULT_TIMEOUT_S = 120.0
 EXIT_ERROR = 1
@@ -40,15 +43,33 @@ def connection_flags() -> argparse.ArgumentParser:
         help=f"admin service host:port (default ${ENV_TARGET} or {DEFAULT_TARGET})")
     group.add_argument("--token", default=os.environ.get(ENV_TOKEN),
                        help=f"bearer token (default ${ENV_TOKEN})")
+    _tls_and_timeout(group)
+    parent.add_argument("--json", action="store_true",
+                        help="print the API objects as JSON (proto field names)")
+    return parent
+
+
+def inference_flags() -> argparse.ArgumentParser:
+    """A parent parser for the subcommands that talk to the inference port."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("connection")
+    group.add_argument(
+        "--inference-target",
+        default=os.environ.get(ENV_INFERENCE_TARGET, DEFAULT_INFERENCE_TARGET),
+        help=f"inference gRPC host:port (default ${ENV_INFERENCE_TARGET} or "
+             f"{DEFAULT_INFERENCE_TARGET})")
+    _tls_and_timeout(group)
+    parent.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parent
+
+
+def _tls_and_timeout(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--tls-ca", type=Path,
                        help="PEM CA certificate: connect with TLS and trust this CA")
     group.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
     group.add_argument("--tls-key", type=Path, help="PEM client key (mutual TLS)")
     group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                        help=f"seconds per call (default {DEFAULT_TIMEOUT_S:g})")
-    parent.add_argument("--json", action="store_true",
-                        help="print the API objects as JSON (proto field names)")
-    return parent
 
 
 class AdminClient:
@@ -57,7 +78,7 @@ class AdminClient:
     def __init__(self, args: argparse.Namespace) -> None:
         self._timeout = args.timeout
         self._metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
-        self._channel = _channel(args)
+        self._channel = _channel(args, args.target)
         self.stub = admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def call(self, method: str, request: Any) -> Any:
@@ -65,13 +86,30 @@ class AdminClient:
         return getattr(self.stub, method)(request, timeout=self._timeout,
                                           metadata=self._metadata)
 
+    def stream(self, method: str, request: Any) -> Any:
+        """A server stream without a deadline (an export may take longer than --timeout);
+        the server still ends it when the client goes away."""
+        return getattr(self.stub, method)(request, metadata=self._metadata)
+
     def close(self) -> None:
         self._channel.close()
 
 
-def _channel(args: argparse.Namespace) -> grpc.Channel:
+class FeedbackClient:
+    """A channel to the inference port's FeedbackService."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.timeout = args.timeout
+        self._channel = _channel(args, args.inference_target)
+        self.stub = feedback_pb2_grpc.FeedbackServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def _channel(args: argparse.Namespace, target: str) -> grpc.Channel:
     if args.tls_ca is None and args.tls_cert is None:
-        return grpc.insecure_channel(args.target, options=_CHANNEL_OPTIONS)
+        return grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise CliError("--tls-cert and --tls-key go together")
 
@@ -86,18 +124,30 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
     credentials = grpc.ssl_channel_credentials(
         root_certificates=read(args.tls_ca), private_key=read(args.tls_key),
         certificate_chain=read(args.tls_cert))
-    return grpc.secure_channel(args.target, credentials, options=_CHANNEL_OPTIONS)
+    return grpc.secure_channel(target, credentials, options=_CHANNEL_OPTIONS)
 
 
 def admin_command(
     fn: Callable[[AdminClient, argparse.Namespace], int | None],
 ) -> Callable[[argparse.Namespace], int]:
     """Run ``fn`` with a client; report any failure on stderr with exit status 1."""
+    return _command(AdminClient, fn)
 
+
+def feedback_command(
+    fn: Callable[[FeedbackClient, argparse.Namespace], int | None],
+) -> Callable[[argparse.Namespace], int]:
+    """``admin_command`` for the inference port's FeedbackService."""
+    return _command(FeedbackClient, fn)
+
+
+def _command(factory: Callable[[argparse.Namespace], Any],
+             fn: Callable[[Any, argparse.Namespace], int | None],
+             ) -> Callable[[argparse.Namespace], int]:
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         try:
-            client = AdminClient(args)
+            client = factory(args)
             try:
                 return fn(client, args) or 0
             finally:

@@ -5,12 +5,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gateway.cli import deploy, events, loadtest, models, register, serve, versions
-from gateway.cli.client import connection_flags
+from gateway.cli import (
+    deploy,
+    events,
+    feedback,
+    lifecycle_cmds,
+    loadtest,
+    models,
+    register,
+    requests,
+    serve,
+    traffic,
+    versions,
+)
+from gateway.cli.client import connection_flags, inference_flags
 
 EPILOG = """\
 admin commands talk to the admin service (--target, default 127.0.0.1:8003) with the
-token in --token or $GATEWAY_ADMIN_TOKEN; add --json for machine-readable output.
+token in --token or $GATEWAY_ADMIN_TOKEN; `feedback` talks to the inference port
+(--inference-target, default 127.0.0.1:8001); add --json for machine-readable output.
 Every command has --help."""
 
 
@@ -27,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_parser(subparsers, common)
     deploy.add_parsers(subparsers, common)
     events.add_parser(subparsers, common)
+    requests.add_parser(subparsers, common)
+    lifecycle_cmds.add_parsers(subparsers, common)
+    traffic.add_parser(subparsers, common)
+    feedback.add_parser(subparsers, inference_flags())
     loadtest.add_parser(subparsers)
     return parser
 

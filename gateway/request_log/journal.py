@@ -9,7 +9,9 @@ A frame is ``u32 length · u32 crc32(payload) · payload`` (little-endian). Logi
 offsets run across segments, so a position is one integer: a new segment starts where
 the previous one ended. ``append`` writes a whole batch and fsyncs it before returning;
 ``commit`` (after the database insert committed) advances the checkpoint and deletes
-the segments wholly behind it. Only frames below ``end`` (fsynced) are ever read.
+the segments wholly behind it; the checkpoint file is rewritten at most every
+``checkpoint_interval_s`` (and whenever a segment is deleted, and at close): a stale one
+only makes a replay after a crash longer. Only frames below ``end`` (fsynced) are ever read.
 
 ``open`` recovers after a crash: each segment is scanned and cut at its first frame that
 is incomplete or fails its checksum (a write torn by kill -9); the records past the
@@ -25,6 +27,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +72,8 @@ class Journal:
     ``JournalFull`` rather than exceed it (a batch larger than the whole budget is still
     accepted into an empty journal, so no batch can wedge it)."""
 
-    def __init__(self, directory: Path, *, segment_bytes: int, budget_bytes: int) -> None:
+    def __init__(self, directory: Path, *, segment_bytes: int, budget_bytes: int,
+                 checkpoint_interval_s: float = 1.0) -> None:
         if segment_bytes < 1 or budget_bytes < segment_bytes:
             raise ValueError(
                 f"need 0 < segment_bytes <= budget_bytes, got {segment_bytes} and {budget_bytes}"
@@ -85,6 +89,8 @@ class Journal:
         self._end = 0
         self._committed = 0
         self._closed = False
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._checkpoint_due = 0.0
 
     # ------------------------------------------------------------------ state
 
@@ -259,16 +265,23 @@ class Journal:
             if position <= self._committed:
                 return
             self._committed = position
-            self._release()
+            released = self._release()
             self._space.notify_all()
-        self._write_checkpoint(position)
+        now = time.monotonic()
+        # Rewriting the file costs more than a batch's insert; a stale one is harmless.
+        if released or now >= self._checkpoint_due:
+            self._checkpoint_due = now + self._checkpoint_interval_s
+            self._write_checkpoint(position)
 
-    def _release(self) -> None:
+    def _release(self) -> bool:
         # Closed segments only: the last one is where appends go.
+        released = False
         while len(self._segments) > 1 and self._segments[0].end <= self._committed:
             segment = self._segments.pop(0)
             segment.path.unlink(missing_ok=True)
             self._size -= segment.size
+            released = True
+        return released
 
     def _write_checkpoint(self, position: int) -> None:
         if self._closed:

@@ -69,6 +69,10 @@ class RequestLogMetrics:
             "gateway_request_log_queue_depth", "Records waiting in memory for the journal.",
             registry=registry,
         )
+        self.queue_bytes = Gauge(
+            "gateway_request_log_queue_bytes",
+            "Bytes of tensor data held by the records waiting in memory.", registry=registry,
+        )
         self.journal_bytes = Gauge(
             "gateway_request_log_journal_bytes", "Bytes of journal segments on disk.",
             registry=registry,

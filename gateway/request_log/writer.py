@@ -8,8 +8,10 @@
 Guarantees (``flush_interval_s`` = F, default 50 ms):
 
 - ``log()``/``log_feedback()`` never block and never raise: they append a reference to a
-  bounded queue (``queue_max``) or count a drop. Sampling is applied there; tensors are
-  encoded by the journal thread.
+  bounded queue (``queue_max`` records, ``queue_max_bytes`` of tensor data) or count a
+  drop. Sampling and the payload policy are applied there (a payload over the model's
+  ``max_payload_bytes``, or not captured, is let go at once); tensors are encoded by the
+  journal thread.
 - Journal first: every batch (``batch_max`` records, or what arrived within F) is
   appended to the journal and fsynced before it is inserted; the journal is trimmed only
   after the insert committed. The database thread is separate, so a slow or failing
@@ -27,7 +29,9 @@ Guarantees (``flush_interval_s`` = F, default 50 ms):
   journal thread stops taking records from the queue, the queue fills, and new records
   are dropped at ``log()`` (*newest dropped*), counted as ``journal_full`` (``queue_full``
   when the queue is full for any other reason). Memory holds at most ``queue_max``
-  records plus ``1 + handoff_batches`` encoded batches.
+  records and ``queue_max_bytes`` of their tensors (numpy ``nbytes``; a BYTES tensor
+  counts its element pointers, not its strings) plus ``1 + handoff_batches`` encoded
+  batches.
 
 Feedback goes through the same queue, journal and inserts (its own record kind).
 """
@@ -51,14 +55,14 @@ from gateway.request_log.metrics import RequestLogMetrics
 from gateway.request_log.policy import LoggingPolicy
 from gateway.request_log.record import (
     FeedbackRecord,
+    RecordIds,
     RequestRecord,
     decode_entry,
     encode_entry,
-    new_record_id,
     to_feedback_entry,
     to_request_entry,
 )
-from lifecycle.request_records import FeedbackEntry, RequestEntry
+from lifecycle.request_records import FeedbackEntry, RequestEntry, Tensor, TensorSource
 
 __all__ = ["RequestLog", "RequestLogConfig", "RequestSink"]
 
@@ -81,6 +85,7 @@ class RequestSink(Protocol):
 class RequestLogConfig:
     journal_dir: Path
     queue_max: int = 10_000
+    queue_max_bytes: int = 64 << 20
     batch_max: int = 500
     flush_interval_s: float = 0.05
     segment_bytes: int = 8 << 20
@@ -90,7 +95,8 @@ class RequestLogConfig:
     retry_max_s: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("queue_max", "batch_max", "segment_bytes", "handoff_batches"):
+        for name in ("queue_max", "queue_max_bytes", "batch_max", "segment_bytes",
+                     "handoff_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.journal_budget_bytes < self.segment_bytes:
@@ -112,6 +118,14 @@ class _Batch:
 
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _payload_bytes(tensors: Sequence[Tensor | TensorSource]) -> int:
+    total = 0
+    for item in tensors:
+        array = getattr(item, "array", None)
+        total += len(item.data) if array is None else array.nbytes  # type: ignore[union-attr]
+    return total
 
 
 def _kinds(entries: Sequence[Entry]) -> tuple[int, int]:
@@ -145,13 +159,20 @@ class RequestLog:
         self._policies: dict[str, LoggingPolicy] = dict(policies or {})
         self._rng = rng or random.Random()
         self._clock_us = clock_us
+        self._ids = RecordIds()
         self._journal = Journal(
             config.journal_dir, segment_bytes=config.segment_bytes,
             budget_bytes=config.journal_budget_bytes,
         )
-        # Requests travel with the policy in force when they were logged.
-        self._queue: deque[tuple[RequestRecord, LoggingPolicy] | FeedbackRecord] = deque()
+        # Requests travel with the policy in force when they were logged, and the bytes
+        # of tensor data they hold.
+        self._queue: deque[tuple[RequestRecord, LoggingPolicy, int] | FeedbackRecord] = deque()
         self._queue_max = config.queue_max
+        self._queue_max_bytes = config.queue_max_bytes
+        # Bytes queued = in - out; each counter has one writer (log() callers, the journal
+        # thread), so neither needs a lock.
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._batch_max = config.batch_max
         self._flush_s = config.flush_interval_s
         self._wake = threading.Event()
@@ -162,6 +183,9 @@ class RequestLog:
         self._stopping = False
         self._stop_deadline = float("inf")
         self._journal_busy = False
+        # Set from just before an append until its batch is in the inbox: the database
+        # thread then waits for the hand-off instead of reading the batch back from disk.
+        self._handing_off = False
         self._journal_full = False
         self._journal_done = False
         self._db_done = False
@@ -193,22 +217,37 @@ class RequestLog:
     def log(self, record: RequestRecord) -> bool:
         """Enqueue one inference; True if accepted. Never blocks, never raises.
 
-        Applies the model's sampling rate, and fills ``record.timestamp_us`` and
-        ``record.record_id`` when empty (so the caller can read the id afterwards)."""
+        Applies the model's sampling rate and payload policy (a payload not captured or
+        over ``max_payload_bytes`` is released here: ``record.inputs``/``outputs`` are
+        emptied, ``payload_dropped`` set for the second case), and fills
+        ``record.timestamp_us`` and ``record.record_id`` when empty (so the caller can
+        read the id afterwards). Should be called from one thread at a time (the event
+        loop's): the byte count of the queue is not locked."""
         try:
             policy = self._policies.get(record.model, self._default_policy)
             if policy.sample_rate < 1.0 and not policy.should_log(self._rng):
                 self._sampled_out.inc()
                 return False
+            size = 0
+            if policy.capture_payload and not record.payload_dropped:
+                size = _payload_bytes(record.inputs) + _payload_bytes(record.outputs)
+                if size > policy.max_payload_bytes:
+                    record.payload_dropped = True
+                    record.inputs = record.outputs = ()
+                    size = 0
+            elif record.inputs or record.outputs:
+                record.inputs = record.outputs = ()
             if not record.timestamp_us:
                 record.timestamp_us = self._clock_us()
             if not record.record_id:
-                record.record_id = new_record_id(record.timestamp_us)
+                record.record_id = self._ids.next(record.timestamp_us)
             queue = self._queue
-            if len(queue) >= self._queue_max or not self._accepting:
+            if (len(queue) >= self._queue_max or not self._accepting
+                    or (size and self._bytes_in - self._bytes_out + size > self._queue_max_bytes)):
                 self._count_refused("request")
                 return False
-            queue.append((record, policy))
+            self._bytes_in += size
+            queue.append((record, policy, size))
             if len(queue) >= self._batch_max and not self._wake.is_set():
                 self._wake.set()
             return True
@@ -224,7 +263,7 @@ class RequestLog:
             if not record.received_at_us:
                 record.received_at_us = self._clock_us()
             if not record.feedback_id:
-                record.feedback_id = new_record_id(record.received_at_us)
+                record.feedback_id = self._ids.next(record.received_at_us)
             queue = self._queue
             if len(queue) >= self._queue_max or not self._accepting:
                 self._count_refused("feedback")
@@ -259,6 +298,11 @@ class RequestLog:
         return len(self._queue)
 
     @property
+    def queue_bytes(self) -> int:
+        """Bytes of tensor data held by the queued records."""
+        return self._bytes_in - self._bytes_out
+
+    @property
     def journal_bytes(self) -> int:
         return self._journal.size_bytes
 
@@ -283,6 +327,7 @@ class RequestLog:
         m = self.metrics
         m.truncated_bytes.inc(recovery.truncated_bytes)
         m.queue_depth.set_function(lambda: len(self._queue))
+        m.queue_bytes.set_function(lambda: self.queue_bytes)
         m.journal_bytes.set_function(lambda: self._journal.size_bytes)
         m.backlog_bytes.set_function(lambda: self.backlog_bytes)
         self._accepting = True
@@ -335,6 +380,7 @@ class RequestLog:
         if not alive and self._queue:
             # log() calls that raced with the flag above.
             requests = sum(1 for r in self._queue if isinstance(r, tuple))
+            self._bytes_out += sum(r[2] for r in self._queue if isinstance(r, tuple))
             self._queue.clear()
             self._count_dropped("stopped", requests, 0)
         complete = not alive and self._journal.committed >= self._journal.end
@@ -357,6 +403,7 @@ class RequestLog:
             with self._progress:
                 self._journal_done = True
                 self._journal_busy = False
+                self._handing_off = False
                 self._progress.notify_all()
 
     def _journal_run(self) -> None:
@@ -376,14 +423,18 @@ class RequestLog:
                         return
                     continue
                 started = time.monotonic()
-                pending = self._encode([queue.popleft() for _ in range(count)])
+                items = [queue.popleft() for _ in range(count)]
+                self._bytes_out += sum(item[2] for item in items if isinstance(item, tuple))
+                pending = self._encode(items)
                 if not pending[0]:
                     pending = None
                     continue
             entries, payloads = pending
+            self._handing_off = True
             try:
                 start, end = journal.append(payloads)
             except (JournalFull, OSError) as err:
+                self._handing_off = False
                 if isinstance(err, OSError):
                     self.metrics.journal_errors.inc()
                     if not self._journal_full:
@@ -393,6 +444,7 @@ class RequestLog:
                 if self._stopping and (self._db_done or time.monotonic() >= self._stop_deadline):
                     rest = list(queue)
                     queue.clear()
+                    self._bytes_out += sum(r[2] for r in rest if isinstance(r, tuple))
                     rest_requests = sum(1 for r in rest if isinstance(r, tuple))
                     requests, feedback = _kinds(entries)
                     self._count_dropped("shutdown", requests + rest_requests,
@@ -405,7 +457,7 @@ class RequestLog:
             self._handoff(_Batch(start, end, entries))
             pending = None
 
-    def _encode(self, items: list[tuple[RequestRecord, LoggingPolicy] | FeedbackRecord]
+    def _encode(self, items: list[tuple[RequestRecord, LoggingPolicy, int] | FeedbackRecord]
                 ) -> tuple[list[Entry], list[bytes]]:
         entries: list[Entry] = []
         payloads: list[bytes] = []
@@ -413,7 +465,7 @@ class RequestLog:
             record: RequestRecord | FeedbackRecord
             try:
                 if isinstance(item, tuple):
-                    record, policy = item
+                    record, policy, _ = item
                     entry: Entry = to_request_entry(record, policy)
                 else:
                     record = item
@@ -431,6 +483,7 @@ class RequestLog:
     def _handoff(self, batch: _Batch) -> None:
         with self._progress:
             self._journal_busy = False
+            self._handing_off = False
             if len(self._inbox) < self.config.handoff_batches:
                 self._inbox.append(batch)
             else:
@@ -461,7 +514,7 @@ class RequestLog:
                     inbox.popleft()
                 head = inbox[0] if inbox else None
                 end = journal.end
-                if head is None and committed >= end:
+                if head is None and (committed >= end or self._handing_off):
                     if self._journal_done:
                         return
                     self._progress.notify_all()

@@ -32,6 +32,13 @@ ADMIN_ROLES: Mapping[str, str] = MappingProxyType({
     "GetVersion": READER,
     "DownloadVersion": READER,
     "ListEvents": READER,
+    "QueryRequests": READER,
+    "ListUnmatchedFeedback": READER,
+    "ListRuns": READER,
+    "GetRun": READER,
+    "ListDatasets": READER,
+    "ListTriggers": READER,
+    "GetTrafficPolicy": READER,
     "RegisterVersion": OPERATOR,
     "SetAlias": OPERATOR,
     "Promote": OPERATOR,
@@ -39,6 +46,13 @@ ADMIN_ROLES: Mapping[str, str] = MappingProxyType({
     "ArchiveVersion": OPERATOR,
     "LoadVersion": OPERATOR,
     "UnloadVersion": OPERATOR,
+    "PurgeRequests": OPERATOR,
+    "Retrain": OPERATOR,
+    "SetTriggers": OPERATOR,
+    "SetTrafficPolicy": OPERATOR,
+    "ClearTrafficPolicy": OPERATOR,
+    "StartCanary": OPERATOR,
+    "StartBandit": OPERATOR,
 })
 """AdminService method name → the least role allowed (``operator`` may call everything)."""
 

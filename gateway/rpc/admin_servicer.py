@@ -14,14 +14,22 @@ from gateway.errors import InvalidInput
 from gateway.pb import admin_pb2 as pb
 from gateway.pb import admin_pb2_grpc as pb_grpc
 from gateway.rpc import admin_converters as convert
+from gateway.rpc import request_log_converters as logged
 from gateway.rpc.admin_auth import AuthorizedContext
+from gateway.rpc.lifecycle_servicer import LifecycleMethods
+from gateway.rpc.traffic_servicer import TrafficMethods
+from gateway.traffic_service import TrafficService
+from lifecycle.loop_service import LoopService
 from lifecycle.registry import ANY
-from lifecycle.service import LifecycleService
+from lifecycle.service import LifecycleService, RequestQuery
 
 
-class AdminServicer(pb_grpc.AdminServiceServicer):
-    def __init__(self, service: LifecycleService) -> None:
+class AdminServicer(LifecycleMethods, TrafficMethods, pb_grpc.AdminServiceServicer):
+    def __init__(self, service: LifecycleService, *, loop: LoopService | None = None,
+                 traffic: TrafficService | None = None) -> None:
         self._service = service
+        self._loop = loop
+        self._traffic = traffic
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: AuthorizedContext) -> pb.ListModelsResponse:
@@ -115,3 +123,36 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         events = await self._service.list_events(
             model=request.model or None, action=request.action or None, limit=request.limit)
         return pb.ListEventsResponse(events=[convert.event(e) for e in events])
+
+    async def QueryRequests(self, request: pb.QueryRequestsRequest,
+                            context: AuthorizedContext) -> AsyncIterator[pb.LoggedRequest]:
+        query = RequestQuery(
+            model=request.model,
+            version=request.version if request.HasField("version") else None,
+            since_us=logged.timestamp_us(request.since) if request.HasField("since") else None,
+            until_us=logged.timestamp_us(request.until) if request.HasField("until") else None,
+            has_feedback=request.has_feedback if request.HasField("has_feedback") else None,
+            include_shadow=not request.exclude_shadow, limit=request.limit or None,
+        )
+        payload = not request.omit_payload
+        async for record in self._service.query_requests(query):
+            yield logged.logged_request(record, payload=payload)
+
+    async def ListUnmatchedFeedback(self, request: pb.ListUnmatchedFeedbackRequest,
+                                    context: AuthorizedContext
+                                    ) -> pb.ListUnmatchedFeedbackResponse:
+        entries = await self._service.unmatched_feedback(request.model, limit=request.limit)
+        return pb.ListUnmatchedFeedbackResponse(feedback=[logged.unmatched(e) for e in entries])
+
+    async def PurgeRequests(self, request: pb.PurgeRequestsRequest,
+                            context: AuthorizedContext) -> pb.PurgeRequestsResponse:
+        cutoff = request.WhichOneof("cutoff")
+        purge = await self._service.purge_requests(
+            request.model, actor=context.actor,
+            before_us=logged.timestamp_us(request.before) if cutoff == "before" else None,
+            older_than_s=request.older_than_days * 86400.0 if cutoff == "older_than_days"
+            else None,
+        )
+        return pb.PurgeRequestsResponse(
+            before=logged.timestamp(purge.before_us), requests=purge.requests,
+            feedback=purge.feedback, unmatched_feedback=purge.unmatched_feedback)

@@ -151,6 +151,10 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
     message = pb.ModelInferResponse(
         model_name=response.model, model_version=response.version, id=response.id
     )
+    if response.routing_arm:
+        params = message.parameters
+        params["routing_arm"].string_param = response.routing_arm
+        params["experiment_id"].string_param = response.experiment_id
     outputs = message.outputs
     raw = message.raw_output_contents
     for output in response.outputs:

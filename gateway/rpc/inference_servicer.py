@@ -41,7 +41,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         readiness: Any,
         access_log_sample: float = 0.0,
         rng: random.Random | None = None,
+        metadata_keys: tuple[str, ...] = (),
     ) -> None:
+        """``metadata_keys``: the client metadata the request log captures (none: the
+        invocation metadata is not even read)."""
         self._dp = dataplane
         self._manager = manager
         self._stats = stats
@@ -51,6 +54,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._ids = RequestIds()
         self._access_sample = access_log_sample
         self._rng = rng or random.Random()
+        self._metadata_keys = frozenset(metadata_keys)
+
+    def _metadata(self, context: Any) -> dict[str, str] | None:
+        keys = self._metadata_keys
+        captured = {k: v for k, v in context.invocation_metadata() or () if k in keys}
+        return captured or None
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: BaseException,
                      request_id: str = "") -> None:
@@ -141,8 +150,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             request.id = self._ids.next()
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
+        metadata = self._metadata(context) if self._metadata_keys else None
         try:
-            response = await self._dp.infer(decode_request(request, deadline), started)
+            response = await self._dp.infer(decode_request(request, deadline), started,
+                                            metadata, _routing_header(context))
         except Exception as exc:
             code, message = status_for(exc, request.id)
             self._dp.account_failure(request.model_name, request.model_version, code.name,
@@ -169,12 +180,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
+        metadata = self._metadata(context) if self._metadata_keys else None
+        routing_header = _routing_header(context)
         async for request in request_iterator:
             started = time.perf_counter_ns()
             if not request.id:
                 request.id = self._ids.next()
             try:
-                response = await self._dp.infer(decode_request(request, deadline), started)
+                response = await self._dp.infer(decode_request(request, deadline), started,
+                                                metadata, routing_header)
                 yield pb.ModelStreamInferResponse(infer_response=encode_response(response))
             except Exception as exc:
                 code, message = status_for(exc, request.id)
@@ -247,3 +261,11 @@ def _load_version_parameter(parameters: Any) -> int | None:
                 f"parameters['version']: expected a version number, got {raw!r}"
             ) from exc
     return version
+
+
+def _routing_header(context: Any) -> str | None:
+    """The ``x-routing-key`` metadata value, or None when the client sent none."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-routing-key":
+            return value if isinstance(value, str) else None
+    return None

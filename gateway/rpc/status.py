@@ -25,6 +25,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.ModelLoadError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.InferenceFailed, grpc.StatusCode.INTERNAL),
     (lc.NotFoundError, grpc.StatusCode.NOT_FOUND),
@@ -38,12 +39,23 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 _CACHE: dict[type[BaseException], grpc.StatusCode | None] = {}
 
 
-def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCode, str]:
+def _lookup(exc: BaseException) -> grpc.StatusCode | None:
     kind = type(exc)
     code = _CACHE.get(kind, ...)
     if code is ...:
         code = next((c for k, c in STATUS_TABLE if isinstance(exc, k)), None)
         _CACHE[kind] = code
+    return code
+
+
+def status_name(exc: BaseException) -> str:
+    """The name of the status ``exc`` becomes (``INTERNAL`` when unexpected); logs nothing."""
+    code = _lookup(exc)
+    return "INTERNAL" if code is None else code.name
+
+
+def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCode, str]:
+    code = _lookup(exc)
     if code is None:
         log.error("unexpected error", exc_info=exc, extra={
             "event": "internal_error", "request_id": request_id})

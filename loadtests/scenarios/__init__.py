@@ -39,12 +39,17 @@ class ScenarioRegistry:
 
 def builtin_registry() -> ScenarioRegistry:
     """A registry holding the built-in scenarios."""
+    from loadtests.scenarios.ab import AB
     from loadtests.scenarios.compare import Compare
+    from loadtests.scenarios.logging import Logging
     from loadtests.scenarios.overload import Overload
+    from loadtests.scenarios.retrain import Retrain
     from loadtests.scenarios.steady import Steady
+    from loadtests.scenarios.swap import Swap
     from loadtests.scenarios.sweep import Sweep
 
     registry = ScenarioRegistry()
-    for scenario in (Steady(), Sweep(), Overload(), Compare()):
+    for scenario in (Steady(), Sweep(), Overload(), Compare(), Logging(), Retrain(), AB(),
+                     Swap()):
         registry.register(scenario)
     return registry

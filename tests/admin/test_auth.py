@@ -17,7 +17,8 @@ from tests.admin.helpers import ENV_TOKEN, OPERATOR_TOKEN, READER_TOKEN, Admin, 
 
 METHODS = [m.name for m in ADMIN_SERVICE.methods]
 READ_ONLY = {"ListModels", "GetModel", "ListVersions", "GetVersion", "DownloadVersion",
-             "ListEvents"}
+             "ListEvents", "QueryRequests", "ListUnmatchedFeedback", "ListRuns", "GetRun",
+             "ListDatasets", "ListTriggers", "GetTrafficPolicy"}
 
 
 def test_every_method_of_the_service_has_a_role() -> None:
