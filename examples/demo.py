@@ -55,6 +55,7 @@ class DemoOptions:
     deploy: str = "canary"
     canary_steps: tuple[float, ...] = (20.0, 50.0, 100.0)
     canary_min_seconds: float = 3.0
+    p99_slack_ms: float = 50.0
     seed: int = 7
     report_every_s: float = 3.0
     data_dir: Path | None = None
@@ -137,7 +138,7 @@ max_quality_drop = 0.05
 min_labels = 30
 # Generous on latency: two cores serve, train and run this client at once.
 max_p99_ratio = 3.0
-p99_slack_ms = 25
+p99_slack_ms = {options.p99_slack_ms:g}
 
 {chr(10).join(triggers)}"""
 
@@ -179,7 +180,7 @@ def _traffic_line(traffic: Traffic, production: int | None, window_s: float) -> 
     drift = traffic.drift()
     drift_text = "-" if drift is None else f"max psi {drift[0]:.2f} ({drift[1]}/{drift[2]} > 0.2)"
     return (f"{len(recent) / window_s:5.0f} req/s  failed {failed}  production v{production}"
-            f"  live accuracy {accuracy}  drift {drift_text}")
+            f"  live accuracy {accuracy}  inputs vs the first seconds: {drift_text}")
 
 
 def run_demo(options: DemoOptions, out: Callable[[str], None] = print) -> DemoResult:
@@ -309,11 +310,11 @@ def print_summary(r: DemoResult, out: Callable[[str], None] = print) -> None:
     out("=== summary ===")
     out(f"requests {r.requests}, failed {r.failed}; labels sent {r.labels_sent}, "
         f"rejected {r.labels_rejected}")
-    out(f"accuracy before the shift (version {r.production_before}):       "
-        f"{_fmt(r.accuracy_before)}")
-    out(f"accuracy after the shift, before the new version:  {_fmt(r.accuracy_during)}")
-    out(f"accuracy once version {r.production_after} took over:           "
-        f"{_fmt(r.accuracy_after)}")
+    rows = [(f"accuracy before the shift (version {r.production_before})", r.accuracy_before),
+            ("accuracy after the shift, until a new version serves", r.accuracy_during),
+            (f"accuracy once version {r.production_after} took over", r.accuracy_after)]
+    for label, value in rows:
+        out(f"{label + ':':<56}{_fmt(value)}")
     if r.run is not None:
         out(f"run {r.run['id']}: trigger {r.run['trigger']} ({r.run['reason']})")
         out(f"        {r.run['status']}, outcome {r.run['outcome'] or '-'}, candidate "

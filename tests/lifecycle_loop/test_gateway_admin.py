@@ -139,7 +139,8 @@ def test_triggers_are_seeded_from_config_then_changed_over_the_api(admin: Admin)
 
 def test_a_retrain_without_labelled_data_fails_with_the_reason(admin: Admin) -> None:
     run = admin.call("Retrain", apb.RetrainRequest(model="fraud", reason="just checking"))
-    assert run.status in ("queued", "running")
+    # Retrain returns once the run is recorded; an empty snapshot may already have failed it.
+    assert run.status in ("queued", "running", "failed")
     assert (run.trigger, run.reason, run.actor) == ("manual", "just checking", "ops")
     done = eventually(lambda: (r := admin.call("GetRun", apb.GetRunRequest(id=run.id))
                                ).status not in ("queued", "running") and r)
