@@ -106,6 +106,7 @@ class GatewayApp:
             settings=settings, registry=registry, policies=PolicyStore(self.database),
             artifacts=artifacts, metrics=self.metrics,
             stats=self.stats, load_executor=self._load_pool, db_executor=self._db_pool,
+            inference_executor=self._pool,
         )
         self.manager.on_change = self._model_changed
         await self.manager.start()
@@ -119,7 +120,10 @@ class GatewayApp:
                               request_log=self.request_log, status_name=status_name,
                               shadows=self.shadows, arm_stats=self.arm_stats,
                               rng=random.Random())
-        server = grpc.aio.server(options=server_options(settings))
+        # Beyond the limit grpc answers RESOURCE_EXHAUSTED at once: overload is shed at
+        # the door instead of queueing on a saturated event loop until deadlines pass.
+        server = grpc.aio.server(options=server_options(settings),
+                                 maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(
                 dataplane=dataplane, manager=self.manager, stats=self.stats,

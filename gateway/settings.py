@@ -86,6 +86,19 @@ class RequestLogSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BatchingSettings:
+    """``[models.NAME.dynamic_batching]``, with Triton's semantics: a batch leaves when it
+    reaches a preferred size (the largest configured, else ``max_batch_size``), or when
+    its oldest request has waited ``max_queue_delay_us``. ``max_queue_size`` 0: bounded
+    only by the model's ``max_inflight``."""
+
+    max_batch_size: int
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelSettings:
     name: str
     artifact: Path | None = None
@@ -100,6 +113,8 @@ class ModelSettings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     # [models.NAME.lifecycle]: how the model retrains (None: it does not).
     lifecycle: LifecycleConfig | None = None
+    # [models.NAME.dynamic_batching] (None: every request runs alone).
+    dynamic_batching: BatchingSettings | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +155,7 @@ class Settings:
     data_dir: Path = Path("var")
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_concurrent_rpcs: int = 1024
     inference_threads: int = 2
     inline_max_us: float = 200.0
     allow_repository_control: bool = False
@@ -300,6 +316,7 @@ def _parse(source: str, raw: Mapping[str, Any], base_dir: Path) -> Settings:
         data_dir=(base_dir / data_dir_value) if data_dir_value else Path("var"),
         max_message_bytes=server.positive("max_message_bytes", int, DEFAULT_MAX_MESSAGE_BYTES),
         max_upload_bytes=server.positive("max_upload_bytes", int, DEFAULT_MAX_UPLOAD_BYTES),
+        max_concurrent_rpcs=server.positive("max_concurrent_rpcs", int, 1024),
         inference_threads=server.positive("inference_threads", int, 2),
         inline_max_us=server.positive("inline_max_us", float, 200.0, allow_zero=True),
         allow_repository_control=server.get("allow_repository_control", bool, False),
@@ -433,6 +450,37 @@ def _parse_lifecycle(source: str, prefix: str, table: Mapping[str, Any]) -> Life
         raise ConfigError(source, f"{prefix}.lifecycle.{exc.key}", exc.reason) from exc
 
 
+def _parse_batching(source: str, prefix: str, table: Any,
+                    inputs: tuple[TensorDecl, ...]) -> BatchingSettings:
+    """``[models.NAME.dynamic_batching]``; declared inputs must have a dynamic first dim."""
+    if not isinstance(table, dict):
+        raise ConfigError(source, f"{prefix}.dynamic_batching", "expected a table")
+    reader = _Reader(source, f"{prefix}.dynamic_batching", table)
+    if "max_batch_size" not in table:
+        raise reader.fail("max_batch_size", "required: a positive integer")
+    max_batch = reader.positive("max_batch_size", int, 0)
+    delay = reader.positive("max_queue_delay_us", int, 0, allow_zero=True)
+    preferred = reader.get("preferred_batch_sizes", list, [])
+    for size in preferred:
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= max_batch:
+            raise reader.fail("preferred_batch_sizes", "expected integers between 1 and "
+                              f"max_batch_size ({max_batch}), got {size!r}")
+    if len(set(preferred)) != len(preferred):
+        raise reader.fail("preferred_batch_sizes", f"expected distinct sizes, got {preferred}")
+    settings = BatchingSettings(
+        max_batch_size=max_batch, max_queue_delay_us=delay,
+        preferred_batch_sizes=tuple(sorted(preferred)),
+        max_queue_size=reader.positive("max_queue_size", int, 0, allow_zero=True),
+    )
+    reader.finish()
+    for tensor in inputs:
+        if not tensor.shape or tensor.shape[0] != -1:
+            raise ConfigError(source, f"{prefix}.dynamic_batching",
+                              f"input '{tensor.name}' has shape {list(tensor.shape)}: batching "
+                              "needs a dynamic first (batch) dimension, -1, on every input")
+    return settings
+
+
 def _parse_model(source: str, name: str, table: Any, base_dir: Path,
                  logging_defaults: LoggingSettings) -> ModelSettings:
     prefix = f"models.{name}"
@@ -468,6 +516,8 @@ def _parse_model(source: str, name: str, table: Any, base_dir: Path,
     logging = _parse_logging(logging_reader, logging_defaults)
     logging_reader.finish()
     lifecycle = reader.get("lifecycle", dict, None)
+    inputs = _parse_tensors(source, f"{prefix}.inputs", reader.get("inputs", list, []))
+    batching = reader.get("dynamic_batching", dict, None)
     settings = ModelSettings(
         name=name,
         artifact=(base_dir / artifact).resolve() if artifact else None,
@@ -477,10 +527,12 @@ def _parse_model(source: str, name: str, table: Any, base_dir: Path,
         inline_max_us=reader.positive("inline_max_us", float, None, allow_zero=True),
         warmup_iterations=reader.positive("warmup_iterations", int, 20),
         runtime=runtime,
-        inputs=_parse_tensors(source, f"{prefix}.inputs", reader.get("inputs", list, [])),
+        inputs=inputs,
         outputs=_parse_tensors(source, f"{prefix}.outputs", reader.get("outputs", list, [])),
         logging=logging,
         lifecycle=None if lifecycle is None else _parse_lifecycle(source, prefix, lifecycle),
+        dynamic_batching=(None if batching is None
+                          else _parse_batching(source, prefix, batching, inputs)),
     )
     reader.finish()
     if settings.artifact is not None and not settings.artifact.is_file():
