@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from loadtests import bench_report
-from loadtests.bench import gateway_config
+from loadtests.bench import BEGIN, END, gateway_config, splice
 
 
 def _row(system: str, c: int, tput: float, p50: float, rep: int = 0, **kw) -> dict:
@@ -76,3 +76,14 @@ def test_gateway_config_points_at_absolute_artifacts(tmp_path) -> None:
     text = gateway_config(tmp_path, ["logreg", "rf"])
     assert f'[models.logreg]\nartifact = "{tmp_path}/logreg.onnx"' in text
     assert f'[models.rf]\nartifact = "{tmp_path}/rf.onnx"' in text
+    assert "[request_log]\nenabled = false" in text  # the core, like the references
+
+
+def test_the_sitting_replaces_its_own_section_and_keeps_the_rest() -> None:
+    first = splice("# Benchmarks\n\n## Hot swap\nswap figures\n",
+                   "# Benchmarks: sitting 1\n\n## Figures\none")
+    assert first.startswith("# Benchmarks\n\n" + BEGIN + "\n## Benchmarks: sitting 1")
+    assert "### Figures\none\n" + END in first and first.endswith("## Hot swap\nswap figures\n")
+    second = splice(first, "# Benchmarks: sitting 2\n\n## Figures\ntwo")
+    assert "sitting 1" not in second and "### Figures\ntwo" in second
+    assert second.count(BEGIN) == 1 and second.endswith("## Hot swap\nswap figures\n")
