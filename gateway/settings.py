@@ -160,7 +160,7 @@ class Settings:
     inline_max_us: float = 200.0
     allow_repository_control: bool = False
     access_log_sample: float = 0.0
-    uvloop: bool = True
+    uvloop: bool = False
     shutdown_grace_s: float = 5.0
     port_file: Path | None = None
     database_url: str | None = None
@@ -321,7 +321,7 @@ def _parse(source: str, raw: Mapping[str, Any], base_dir: Path) -> Settings:
         inline_max_us=server.positive("inline_max_us", float, 200.0, allow_zero=True),
         allow_repository_control=server.get("allow_repository_control", bool, False),
         access_log_sample=_fraction(server, "access_log_sample", 0.0),
-        uvloop=server.get("uvloop", bool, True),
+        uvloop=server.get("uvloop", bool, False),
         shutdown_grace_s=server.positive("shutdown_grace_s", float, 5.0, allow_zero=True),
         database_url=database.get("url", str, None),
         artifacts_dir=path_of(artifacts, "root"),
