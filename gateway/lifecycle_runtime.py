@@ -118,7 +118,7 @@ def build_lifecycle(
                       promote_timeout_s=loop_settings.promote_timeout_s)
     trainer = Trainer(workdir=loop_settings.workdir or settings.data_dir / "training",
                       allowed_prefixes=loop_settings.allowed_estimators,
-                      nice=loop_settings.nice)
+                      nice=loop_settings.nice, cpu_share=loop_settings.train_cpu_share)
     retrainer = Retrainer(registry=registry, artifacts=artifacts, datasets=datasets,
                           runs=runs, requests=requests, trainer=trainer, rollout=rollout,
                           clock=_utc_now)

@@ -37,9 +37,11 @@ class LoopSettings:
 
     ``poll_s``: how often the scheduler re-reads the trigger tables; ``max_concurrent_runs``:
     runs at once across models (one per model always); ``nice``: the training process's
-    priority increment; ``workdir``: where training children get their files (default
-    ``<data_dir>/training``); ``stale_after_s``/``sweep_every_s``: a run whose heartbeat
-    stopped that long is failed, checked that often; ``purge_every_s``: the request-log
+    priority increment; ``train_cpu_share``: the share of one core the training process
+    may use (a duty cycle: it is stopped for the rest of every 100 ms); ``workdir``: where
+    training children get their files (default ``<data_dir>/training``);
+    ``stale_after_s``/``sweep_every_s``: a run whose heartbeat stopped that long is
+    failed, checked that often; ``purge_every_s``: the request-log
     retention purge; ``promote_timeout_s``: the longest a promotion or canary start may take;
     ``allowed_estimators``: dotted-path prefixes an estimator must start with.
     """
@@ -48,6 +50,7 @@ class LoopSettings:
     poll_s: float = 5.0
     max_concurrent_runs: int = 1
     nice: int = 10
+    train_cpu_share: float = 0.5
     workdir: Path | None = None
     stale_after_s: float = 60.0
     sweep_every_s: float = 15.0
@@ -61,8 +64,8 @@ _NUMBERS = ("poll_s", "stale_after_s", "sweep_every_s", "purge_every_s", "promot
 
 def parse_loop_settings(table: Mapping[str, Any], base_dir: Path) -> LoopSettings:
     """``[lifecycle]`` as read from TOML; ``SettingError`` on anything unknown or wrong."""
-    known = {"enabled", "max_concurrent_runs", "nice", "workdir", "allowed_estimators",
-             *_NUMBERS}
+    known = {"enabled", "max_concurrent_runs", "nice", "train_cpu_share", "workdir",
+             "allowed_estimators", *_NUMBERS}
     unknown = sorted(set(table) - known)
     if unknown:
         raise SettingError(unknown[0], "unknown key")
@@ -78,6 +81,13 @@ def parse_loop_settings(table: Mapping[str, Any], base_dir: Path) -> LoopSetting
                     math.isfinite(value) and value > 0):
                 raise SettingError(name, f"expected a positive number, got {value!r}")
             values[name] = float(value)
+    if "train_cpu_share" in table:
+        share = table["train_cpu_share"]
+        if isinstance(share, bool) or not isinstance(share, int | float) or not (
+                0.0 < share <= 1.0):
+            raise SettingError("train_cpu_share", f"expected a number within (0, 1], got "
+                                                  f"{share!r}")
+        values["train_cpu_share"] = float(share)
     for name, low, high in (("max_concurrent_runs", 1, 64), ("nice", 0, 19)):
         if name in table:
             value = table[name]

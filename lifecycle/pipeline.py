@@ -212,7 +212,9 @@ class Retrainer:
                                          timeout_s=config.timeout_s, cancel=cancel,
                                          on_wait=steps.heartbeat)
             step.detail.update(train_seconds=result.train_seconds,
-                               wall_seconds=result.wall_seconds, classes=list(result.classes))
+                               wall_seconds=result.wall_seconds,
+                               cpu_seconds=result.extra.get("cpu_seconds"),
+                               classes=list(result.classes))
             step.lines.extend(result.log.splitlines()[-50:])
         with steps.step("convert", tolerance=config.parity_tolerance) as step:
             try:

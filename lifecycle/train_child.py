@@ -126,7 +126,7 @@ def _train(root: Path, spec: dict[str, Any]) -> None:
     np.savez(root / "scores.npz", scores=np.asarray(scores, dtype=np.float64))
     _write_json(root / "result.json", {
         "train_seconds": train_seconds, "classes": classes, "n_train": int(len(y_train)),
-        "python": sys.version.split()[0]})
+        "python": sys.version.split()[0], "cpu_seconds": time.process_time()})
 
 
 _TYPES = {"FP32": "FloatTensorType", "FP64": "DoubleTensorType", "INT64": "Int64TensorType",

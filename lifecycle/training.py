@@ -3,7 +3,11 @@
 Why a process: ``fit`` holds the GIL for long stretches and may use every core through
 BLAS/OpenMP, which would stall serving; a ``spawn`` child (fork is unsafe beside gRPC's
 threads) runs at a lower priority (``nice``) with one thread for the estimator, and can
-be killed without harming the gateway. The child (``lifecycle.train_child``) gets its
+be killed without harming the gateway. ``cpu_share`` below 1 holds the child to that
+share of one core by a duty cycle (running, then stopped with ``SIGSTOP`` for the rest
+of each ``duty_period_s``): ``nice`` alone does not protect serving on a small machine,
+where the trainer still competes for the core, its caches and the memory bus whenever
+it runs. The child (``lifecycle.train_child``) gets its
 data and spec as files and returns the ONNX bytes, its holdout scores and its metrics as
 files; only a directory path crosses the process boundary.
 
@@ -15,8 +19,10 @@ Failures, all ``TrainingFailed`` with the reason recorded on the run:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
+import os
 import signal
 import tempfile
 import threading
@@ -71,16 +77,23 @@ class Trainer:
     and work directory under ``workdir``, or the system's temporary directory).
 
     ``allowed_prefixes`` limits which dotted paths the child may import; ``nice`` is the
-    child's priority increment; ``poll_s`` how often the wait checks timeout and cancel.
+    child's priority increment; ``cpu_share`` (0–1] the share of one core it may use,
+    enforced over ``duty_period_s``; ``poll_s`` how often the wait checks timeout and
+    cancel when the child is not throttled.
     """
 
     def __init__(
         self, *, workdir: Path | None = None,
-        allowed_prefixes: Sequence[str] = ("sklearn.",), nice: int = 10, poll_s: float = 0.1,
+        allowed_prefixes: Sequence[str] = ("sklearn.",), nice: int = 10,
+        cpu_share: float = 1.0, duty_period_s: float = 0.1, poll_s: float = 0.1,
     ) -> None:
+        if not 0.0 < cpu_share <= 1.0:
+            raise ValueError(f"cpu_share must be within (0, 1], got {cpu_share!r}")
         self._workdir = workdir
         self._allowed = list(allowed_prefixes)
         self._nice = nice
+        self._cpu_share = cpu_share
+        self._duty_period_s = duty_period_s
         self._poll_s = poll_s
         self._context = multiprocessing.get_context("spawn")
 
@@ -119,10 +132,17 @@ class Trainer:
         self, process: Any, deadline: float, timeout_s: float,
         cancel: threading.Event | None, on_wait: Callable[[], None] | None,
     ) -> None:
+        throttled = self._cpu_share < 1.0
+        running_s = self._cpu_share * self._duty_period_s if throttled else self._poll_s
+        stopped_s = self._duty_period_s - running_s
         while True:
-            process.join(self._poll_s)
+            process.join(running_s)
             if process.exitcode is not None:
                 return
+            if throttled:
+                _pause(process, stopped_s)
+                if process.exitcode is not None:
+                    return
             if on_wait is not None:
                 on_wait()
             if cancel is not None and cancel.is_set():
@@ -134,7 +154,25 @@ class Trainer:
                     f"training did not finish within {timeout_s:g} s; the process was killed")
 
 
+def _pause(process: Any, seconds: float) -> None:
+    """Stop the child for ``seconds``, then let it run again."""
+    try:
+        os.kill(process.pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return
+    try:
+        process.join(seconds)
+    finally:
+        _resume(process)
+
+
+def _resume(process: Any) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGCONT)
+
+
 def _kill(process: Any) -> None:
+    _resume(process)  # a stopped process would hold SIGTERM until continued
     process.terminate()
     process.join(_KILL_GRACE_S)
     if process.exitcode is None:
@@ -166,7 +204,7 @@ def _collect(root: Path, wall_seconds: float, exitcode: int | None) -> TrainResu
         onnx_bytes=(root / "model.onnx").read_bytes(), holdout_scores=holdout_scores,
         classes=tuple(info["classes"]), train_seconds=float(info["train_seconds"]),
         wall_seconds=wall_seconds, n_train=int(info["n_train"]), log=log,
-        extra={"python": info.get("python", "")},
+        extra={"python": info.get("python", ""), "cpu_seconds": info.get("cpu_seconds")},
     )
 
 

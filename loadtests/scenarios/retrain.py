@@ -65,10 +65,11 @@ def _toml_value(value: Any) -> str:
 
 
 def gateway_config(model: str, artifact: Path, estimator: str, params: dict[str, Any],
-                   nice: int) -> str:
+                   nice: int, train_cpu_share: float = 0.5) -> str:
     return (
         f'[server]\nshutdown_grace_s = 2\n\n[auth.tokens.loadtests]\ntoken = "{TOKEN}"\n'
-        f'role = "operator"\n\n[lifecycle]\nnice = {nice}\n\n'
+        f'role = "operator"\n\n[lifecycle]\nnice = {nice}\n'
+        f"train_cpu_share = {train_cpu_share}\n\n"
         f'[models.{model}]\nartifact = "{artifact.resolve()}"\n\n'
         f'[models.{model}.lifecycle]\nestimator = "{estimator}"\n'
         f"params = {_toml_value(params)}\nwindow_s = 86400\nmin_rows = 100\n"
@@ -148,6 +149,9 @@ class Retrain:
                            help=f"its params as JSON (default {json.dumps(DEFAULT_PARAMS)})")
         group.add_argument("--nice", type=int, default=10,
                            help="the training process's nice increment (default 10)")
+        group.add_argument("--train-cpu-share", type=float, default=0.5,
+                           help="the share of one core the training process may use "
+                                "([lifecycle] train_cpu_share; default 0.5)")
         group.add_argument("--seed-rows", type=int, default=6000,
                            help="labelled requests to train on (default 6000)")
         group.add_argument("--work-dir", type=Path,
@@ -182,7 +186,8 @@ class Retrain:
             raise ConfigError(f"--load-fraction must be within (0, 1], got {args.load_fraction}")
         work = args.work_dir or Path(tempfile.mkdtemp(prefix="loadtests-retrain-"))
         gateway = Gateway(work / "gateway", gateway_config(
-            args.model, args.artifact, args.estimator, args.params, args.nice),
+            args.model, args.artifact, args.estimator, args.params, args.nice,
+            args.train_cpu_share),
             args.gateway_bin)
         try:
             target = gateway.start(args.model)
@@ -280,6 +285,7 @@ class Retrain:
             "passed": ratio is not None and ratio <= args.target_ratio,
             "errors": {r["label"]: r["requests"]["errors"] for r in runs},
             "estimator": args.estimator, "params": args.params, "nice": args.nice,
+            "train_cpu_share": args.train_cpu_share,
             "rounds": [self._round_summary(r) for r in rounds],
         }
         warnings = [w for r in runs for w in report.run_warnings(r)]

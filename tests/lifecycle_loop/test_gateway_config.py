@@ -105,11 +105,18 @@ def test_the_loop_is_on_by_default_only_when_a_model_has_a_lifecycle(tmp_path: P
 def test_loop_settings_are_read_and_checked(tmp_path: Path) -> None:
     settings = settings_of(tmp_path, '[lifecycle]\npoll_s = 2\nmax_concurrent_runs = 2\n'
                                      'nice = 5\nworkdir = "train"\nstale_after_s = 30\n'
+                                     'train_cpu_share = 0.25\n'
                                      'allowed_estimators = ["sklearn.", "xgboost."]\n')
     loop = settings.lifecycle
     assert (loop.poll_s, loop.max_concurrent_runs, loop.nice, loop.stale_after_s) == (
         2.0, 2, 5, 30.0)
     assert loop.workdir == (tmp_path / "train").resolve()
+    assert loop.train_cpu_share == 0.25
+    assert settings_of(tmp_path, "").lifecycle.train_cpu_share == 0.5
+    for bad, shown in (("0", "0"), ("1.5", "1.5"), ("true", "True")):
+        error = config_error(tmp_path, f"[lifecycle]\ntrain_cpu_share = {bad}\n")
+        assert (error.key, error.reason) == (
+            "lifecycle.train_cpu_share", f"expected a number within (0, 1], got {shown}")
     assert loop.allowed_estimators == ("sklearn.", "xgboost.")
     assert config_error(tmp_path, "[lifecycle]\npoll_s = 0\n").key == "lifecycle.poll_s"
     assert config_error(tmp_path, "[lifecycle]\nnice = 40\n").key == "lifecycle.nice"

@@ -41,7 +41,7 @@ def test_the_scenario_is_registered_and_its_config_reads_back(tmp_path: Path) ->
     lifecycle = config["models"]["fraud"]["lifecycle"]
     assert lifecycle["params"] == {"hidden_layer_sizes": [64, 64], "max_iter": 5, "tol": 0.0}
     assert lifecycle["deploy"] == {"policy": "manual"}
-    assert config["lifecycle"] == {"nice": 15}
+    assert config["lifecycle"] == {"nice": 15, "train_cpu_share": 0.5}
 
 
 def test_a_short_retrain_scenario_end_to_end(tmp_path: Path) -> None:
