@@ -20,7 +20,10 @@ GATEWAY = "gateway"
 REFERENCES = (("bare-ort", "bare"), ("mlserver-pw0", "MLServer"))
 
 SYSTEM_NAMES = {
-    "gateway": "gateway (this project)",
+    "gateway": "gateway: serving core (request log off)",
+    "gateway-uvloop": "gateway: serving core on uvloop",
+    "gateway-full": "gateway: A/B 50/50 + request log 100 % with payloads",
+    "gateway-shadow": "gateway: request log + 20 % shadow to a second version",
     "mlserver-pw0": "MLServer 1.7.1, parallel_workers=0",
     "mlserver-pw1": "MLServer 1.7.1, parallel_workers=1 (default)",
     "mlserver-pw2": "MLServer 1.7.1, parallel_workers=2",
@@ -109,9 +112,10 @@ def figures_table(
 
 
 def ratio_table(
-    cells: Mapping[Key, Cell], reference: str, models: Sequence[str], concs: Sequence[int]
+    cells: Mapping[Key, Cell], reference: str, models: Sequence[str], concs: Sequence[int],
+    system: str = GATEWAY,
 ) -> list[str]:
-    """gateway / reference: throughput ratio (higher is better) and p50, p99 ratios (lower)."""
+    """system / reference: throughput ratio (higher is better) and p50, p99 ratios (lower)."""
     lines = [
         "| model | " + " | ".join(f"c={c} infer/s | c={c} p50 | c={c} p99" for c in concs) + " |",
         "|" + "---|" * (1 + 3 * len(concs)),
@@ -119,7 +123,7 @@ def ratio_table(
     for model in models:
         parts = []
         for c in concs:
-            gw, ref = cells.get((GATEWAY, model, c)), cells.get((reference, model, c))
+            gw, ref = cells.get((system, model, c)), cells.get((reference, model, c))
             if gw is None or ref is None:
                 parts += ["–"] * 3
             else:
@@ -170,9 +174,18 @@ def render(
         *figures_table(cells, systems, models, concs),
         "",
     ]
+    out += [
+        "## Headline ratios",
+        "",
+        "Each gateway configuration divided by the bare grpc.aio + onnxruntime server and by "
+        "MLServer, same model, same sitting (p50: below 1 is better; throughput: above 1).",
+        "",
+        *headline_table(cells, systems, models),
+        "",
+    ]
     for reference, name in REFERENCES:
         out += [
-            f"## Ratios gateway / {name} (`{reference}`)",
+            f"## Ratios gateway (serving core) / {name} (`{reference}`)",
             "",
             "Throughput: above 1 is better; latency: below 1 is better.",
             "",
@@ -187,6 +200,36 @@ def render(
     if notes:
         out += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     return "\n".join(out)
+
+
+def headline_table(
+    cells: Mapping[Key, Cell], systems: Sequence[str], models: Sequence[str]
+) -> list[str]:
+    """Every gateway configuration against the targets' references, in one table."""
+    lines = [
+        "| gateway configuration | model | c=1 p50 / bare | c=8 infer/s / bare | "
+        "c=32 infer/s / bare | c=8 infer/s / MLServer | c=32 infer/s / MLServer |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    bare, mls = REFERENCES[0][0], REFERENCES[1][0]
+
+    def ratio(system: str, reference: str, model: str, c: int, p50: bool = False) -> str:
+        a, b = cells.get((system, model, c)), cells.get((reference, model, c))
+        if a is None or b is None:
+            return "–"
+        return _ratio(a.p50_us, b.p50_us) if p50 else _ratio(a.throughput, b.throughput)
+
+    for system in systems:
+        if not system.startswith(GATEWAY):
+            continue
+        for model in models:
+            lines.append(
+                f"| {SYSTEM_NAMES.get(system, system)} | {model} | "
+                f"{ratio(system, bare, model, 1, p50=True)} | {ratio(system, bare, model, 8)} | "
+                f"{ratio(system, bare, model, 32)} | {ratio(system, mls, model, 8)} | "
+                f"{ratio(system, mls, model, 32)} |"
+            )
+    return lines
 
 
 def plot(

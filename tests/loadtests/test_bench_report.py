@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from loadtests import bench_report
-from loadtests.bench import BEGIN, END, gateway_config, splice
+from loadtests.bench import BEGIN, END, splice
+from loadtests.bench_profiles import PROFILES, gateway_config, second_version, setup_commands
 
 
 def _row(system: str, c: int, tput: float, p50: float, rep: int = 0, **kw) -> dict:
@@ -29,6 +30,7 @@ ROWS = [
     _row("bare-ort", 8, 4000, 1600),
     _row("mlserver-pw0", 8, 1500, 5000),
     {"system": "gateway", "tool": "pa", "model": "logreg", "concurrency": 1, "rep": 0, "rc": 2},
+    _row("gateway-full", 8, 2800, 2100),
 ]
 
 
@@ -64,19 +66,54 @@ def test_document_names_the_sitting_machine_and_commands(tmp_path) -> None:
     )
     assert "2026-11-30 06:00 UTC" in text and "- cores: 2" in text
     assert "perf_analyzer -i grpc ..." in text
-    assert "Ratios gateway / bare" in text and "Ratios gateway / MLServer" in text
-    assert "| gateway (this project) | logreg | – | – | 3,000 | 2,000 / 4,000 |" in text
+    assert "Ratios gateway (serving core) / bare" in text
+    assert "Ratios gateway (serving core) / MLServer" in text
+    assert ("| gateway: serving core (request log off) | logreg | – | – | 3,000 | 2,000 / 4,000 |"
+            in text)
     png = bench_report.plot(
         cells, ["gateway", "bare-ort"], ["logreg"], [1, 8, 32], tmp_path / "b.png"
     )
     assert png.stat().st_size > 5_000
 
 
-def test_gateway_config_points_at_absolute_artifacts(tmp_path) -> None:
-    text = gateway_config(tmp_path, ["logreg", "rf"])
-    assert f'[models.logreg]\nartifact = "{tmp_path}/logreg.onnx"' in text
-    assert f'[models.rf]\nartifact = "{tmp_path}/rf.onnx"' in text
-    assert "[request_log]\nenabled = false" in text  # the core, like the references
+def test_the_headline_table_has_a_row_per_gateway_configuration() -> None:
+    cells = bench_report.medians(ROWS)
+    lines = bench_report.headline_table(cells, ["gateway", "gateway-full", "bare-ort"],
+                                        ["logreg"])
+    assert lines[2] == ("| gateway: serving core (request log off) | logreg | – | 0.75 | – "
+                        "| 2.00 | – |")
+    assert lines[3].startswith("| gateway: A/B 50/50 + request log") and "| 0.70 |" in lines[3]
+    assert len(lines) == 4
+
+
+def test_profile_configs_and_their_setup(tmp_path) -> None:
+    import tomllib
+
+    core = tomllib.loads(gateway_config(tmp_path, ["logreg", "rf"], PROFILES["gateway"]))
+    assert core["models"]["logreg"]["artifact"] == f"{tmp_path}/logreg.onnx"
+    assert core["request_log"] == {"enabled": False} and "auth" not in core
+    assert tomllib.loads(gateway_config(tmp_path, ["rf"], PROFILES["gateway-uvloop"])
+                         )["server"] == {"uvloop": True}
+    full = tomllib.loads(gateway_config(tmp_path, ["rf"], PROFILES["gateway-full"]))
+    assert "request_log" not in full and full["auth"]["tokens"]["bench"]["role"] == "operator"
+    assert setup_commands(PROFILES["gateway"], "rf", tmp_path / "v2.onnx") == []
+    assert setup_commands(PROFILES["gateway-shadow"], "rf", tmp_path / "v2.onnx") == [
+        ["register", "rf", str(tmp_path / "v2.onnx")],
+        ["traffic", "set", "rf", "1=100", "--shadow", "2:0.2"]]
+
+
+def test_the_second_version_is_the_same_graph_in_other_bytes(tmp_path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])])
+    source = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(source))
+    copy = second_version(source, tmp_path / "m2.onnx")
+    assert copy.read_bytes() != source.read_bytes()
+    assert onnx.load(str(copy)).graph == onnx.load(str(source)).graph
 
 
 def test_the_sitting_replaces_its_own_section_and_keeps_the_rest() -> None:
