@@ -54,6 +54,9 @@ def _description(scenario: object) -> str:
     return doc.strip() or str(getattr(scenario, "help", ""))
 
 
+EXIT_CHECK_FAILED = 1
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -89,4 +92,7 @@ def main(
         print(f"results: {report.write_json(args.output, doc)}", file=out)
     for path in outcome.plots:
         print(f"plot: {path}", file=out)
+    if outcome.summary.get("passed") is False:
+        print(f"loadtests: {args.scenario}: its check failed (see the warnings above)", file=err)
+        return EXIT_CHECK_FAILED
     return 0

@@ -212,3 +212,14 @@ def test_compare_runs_each_target_with_ratios_to_the_first(v2_server, tmp_path) 
     assert rows[1]["throughput_ratio"] < 0.7
     assert rows[1]["p50_ratio"] > 1.5
     assert "x ok/s" in stdout
+
+
+def test_a_failed_check_exits_1_and_a_passed_one_0(v2_server) -> None:
+    """Scenarios with a verdict (``summary.passed``) fail the command when it is false."""
+    server = v2_server(Behaviour(version=lambda n: "3"))
+    base = ["ab", "--target", server.address, *QUICK, "--concurrency", "2"]
+    code, _, stderr = _main([*base, "--expect", "3=100"])
+    assert code == 0, stderr
+    code, _, stderr = _main([*base, "--expect", "3=50", "--expect", "4=50"])
+    assert code == 1
+    assert "loadtests: ab: its check failed" in stderr
