@@ -138,9 +138,13 @@ class DataPlane:
             names = output_names(onnx, served.name, request.requested_outputs)
             served.inflight += 1
             loaded.inflight += 1
+            batcher = loaded.batcher
             try:
                 t_input = time.perf_counter_ns()
-                if loaded.inline:
+                if batcher is not None:
+                    t_run, arrays = await batcher.submit(feeds, names, request.id,
+                                                         request.deadline)
+                elif loaded.inline:
                     _check_deadline(request.deadline)
                     t_run = time.perf_counter_ns()
                     arrays = self._run(onnx, feeds, names, request.id, loaded)
@@ -168,6 +172,7 @@ class DataPlane:
         loaded.stats.record_success(
             total_ns=t_end - started_ns, queue_ns=t_run - t_input, input_ns=t_input - started_ns,
             infer_ns=t_done - t_run, output_ns=t_end - t_done, batch=batch,
+            executions=0 if batcher is not None else 1,
         )
         loaded.metrics.success((t_end - started_ns) / 1e9)
         latency_us = (t_end - started_ns) // 1000

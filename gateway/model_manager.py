@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
+from gateway.batching import Batcher
 from gateway.errors import ModelLoadError, ModelNotFound, NotReady, VersionNotFound
 from gateway.metrics import GatewayMetrics
 from gateway.routing import RandomSource, Route, resolve
@@ -46,7 +47,10 @@ class ModelManager:
         stats: StatsBook,
         load_executor: Executor,
         db_executor: Executor,
+        inference_executor: Executor | None = None,
     ) -> None:
+        """``inference_executor`` runs the batches of versions with dynamic batching that
+        are too slow to run inline (None: they run inline)."""
         self._settings = settings
         self._registry = registry
         self._policies = policies
@@ -55,6 +59,7 @@ class ModelManager:
         self._stats = stats
         self._load_executor = load_executor
         self._db_executor = db_executor
+        self._inference_executor = inference_executor
         self._models: dict[str, ServedModel] = {}
         self.on_change: Callable[[str], None] = lambda _model: None
 
@@ -194,10 +199,17 @@ class ModelManager:
         if limit is None:
             limit = self._settings.inline_max_us
         label = str(version)
+        inline = warmup.p99_us < limit
+        stats = self._stats.get(served.name, label)
+        batching = served.settings.dynamic_batching
+        batcher = None if batching is None else Batcher(
+            served.name, version, onnx, batching, stats,
+            executor=None if inline else self._inference_executor,
+            slots=self._settings.inference_threads)
         return LoadedVersion(
-            model=served.name, version=version, onnx=onnx, inline=warmup.p99_us < limit,
-            warmup=warmup, stats=self._stats.get(served.name, label),
-            metrics=self._metrics.version(served.name, label),
+            model=served.name, version=version, onnx=onnx, inline=inline,
+            warmup=warmup, stats=stats, metrics=self._metrics.version(served.name, label),
+            batcher=batcher,
         )
 
     async def _retire(self, served: ServedModel, version: int) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from gateway.batching import Batcher
 from gateway.errors import NotReady
 from gateway.metrics import VersionMetrics
 from gateway.routing import RoutingTable, build_table
@@ -33,6 +34,8 @@ class LoadedVersion:
     inflight: int = 0
     draining: bool = False
     _drained: asyncio.Event | None = None
+    # Dynamic batching (None: each request runs alone).
+    batcher: Batcher | None = None
 
     def __post_init__(self) -> None:
         self.label = str(self.version)
@@ -45,6 +48,8 @@ class LoadedVersion:
 
     async def drain(self) -> None:
         self.draining = True
+        if self.batcher is not None:
+            self.batcher.close()  # queued requests leave now rather than after their delay
         if self.inflight:
             self._drained = asyncio.Event()
             await self._drained.wait()

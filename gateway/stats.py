@@ -20,6 +20,15 @@ class Duration:
 
 
 @dataclass(slots=True)
+class BatchStats:
+    """One executed batch size's runs (Triton's ``InferBatchStatistics``)."""
+
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass(slots=True)
 class VersionStats:
     model: str
     version: str
@@ -32,10 +41,13 @@ class VersionStats:
     inference_count: int = 0
     execution_count: int = 0
     last_inference_ms: int = 0
+    # Per executed batch size, for versions with dynamic batching (their executions are
+    # counted by ``record_batch``, not per request).
+    batches: dict[int, BatchStats] = field(default_factory=dict)
 
     def record_success(
         self, *, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int,
-        batch: int,
+        batch: int, executions: int = 1,
     ) -> None:
         self.success.add(total_ns)
         self.queue.add(queue_ns)
@@ -43,8 +55,18 @@ class VersionStats:
         self.compute_infer.add(infer_ns)
         self.compute_output.add(output_ns)
         self.inference_count += batch
-        self.execution_count += 1
+        self.execution_count += executions
         self.last_inference_ms = int(time.time() * 1000)
+
+    def record_batch(self, size: int, *, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """One session run of ``size`` rows made by the dynamic batcher."""
+        stats = self.batches.get(size)
+        if stats is None:
+            stats = self.batches[size] = BatchStats()
+        stats.compute_input.add(input_ns)
+        stats.compute_infer.add(infer_ns)
+        stats.compute_output.add(output_ns)
+        self.execution_count += 1
 
     def record_failure(self, total_ns: int) -> None:
         self.fail.add(total_ns)

@@ -112,13 +112,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except Exception as exc:
             await self._abort(context, exc)
             raise
+        batching = served.settings.dynamic_batching
+        if batching is not None and any(t.shape[:1] != (-1,) for t in signature.inputs):
+            batching = None  # such a version fails to load; describe the model as it is
+        # Triton's convention: with max_batch_size > 0 the dims leave out the batch dim
+        # (clients such as perf_analyzer then prepend it).
+        skip = 1 if batching is not None else 0
         config = pb.ModelConfig(
-            name=served.name, platform=PLATFORM, backend="onnxruntime", max_batch_size=0,
+            name=served.name, platform=PLATFORM, backend="onnxruntime",
+            max_batch_size=batching.max_batch_size if batching is not None else 0,
             input=[pb.ModelInput(name=t.name, data_type=V2_TO_TRITON_ENUM[t.datatype],
-                                 dims=t.shape) for t in signature.inputs],
+                                 dims=t.shape[skip:]) for t in signature.inputs],
             output=[pb.ModelOutput(name=t.name, data_type=V2_TO_TRITON_ENUM[t.datatype],
-                                   dims=t.shape) for t in signature.outputs],
+                                   dims=t.shape[skip:]) for t in signature.outputs],
         )
+        if batching is not None:
+            config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
+            config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
         return pb.ModelConfigResponse(config=config)
 
     async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
@@ -140,6 +150,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     compute_input=dur(s.compute_input), compute_infer=dur(s.compute_infer),
                     compute_output=dur(s.compute_output),
                 ),
+                batch_stats=[pb.InferBatchStatistics(
+                    batch_size=size, compute_input=dur(b.compute_input),
+                    compute_infer=dur(b.compute_infer), compute_output=dur(b.compute_output),
+                ) for size, b in sorted(s.batches.items())],
             )
         return response
 
