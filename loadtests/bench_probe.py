@@ -98,9 +98,12 @@ def machine_info(pa: Path) -> dict[str, str]:
 
 
 def perf_analyzer(
-    pa: Path, target: str, model: str, c: int, prefix: Path, interval_ms: int
+    pa: Path, target: str, model: str, c: int, prefix: Path, interval_ms: int,
+    shape: str | None = "input:1,20",
 ) -> dict[str, Any]:
-    """One perf_analyzer run, exactly as the anchors run theirs; parsed from its CSV."""
+    """One perf_analyzer run, exactly as the anchors run theirs; parsed from its CSV.
+    ``shape`` None: none given (a batching model's config has fixed dims without the
+    batch dimension, which perf_analyzer prepends)."""
     csv_path = prefix.with_suffix(".csv")
     argv = [
         str(pa),
@@ -110,8 +113,7 @@ def perf_analyzer(
         target,
         "-m",
         model,
-        "--shape",
-        "input:1,20",
+        *(("--shape", shape) if shape else ()),
         "--concurrency-range",
         f"{c}:{c}",
         "-p",

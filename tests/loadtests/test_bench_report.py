@@ -124,3 +124,25 @@ def test_the_sitting_replaces_its_own_section_and_keeps_the_rest() -> None:
     second = splice(first, "# Benchmarks: sitting 2\n\n## Figures\ntwo")
     assert "sitting 1" not in second and "### Figures\ntwo" in second
     assert second.count(BEGIN) == 1 and second.endswith("## Hot swap\nswap figures\n")
+
+
+def test_the_batching_bench_serves_each_model_with_and_without_batching(tmp_path) -> None:
+    import argparse
+    import tomllib
+
+    from loadtests import bench_batching
+
+    config = tomllib.loads(bench_batching.gateway_config(
+        {"mlp": tmp_path / "mlp.onnx"}, max_batch=64, delay_us=500))
+    assert config["models"]["mlp"] == {"artifact": str(tmp_path / "mlp.onnx")}
+    assert config["models"]["mlp_batched"]["dynamic_batching"] == {
+        "max_batch_size": 64, "max_queue_delay_us": 500}
+    assert config["request_log"] == {"enabled": False}
+    row = {"model": "mlp", "batches": {8: 10}, "usual_batch": 8, "batch_compute_us": 900.0,
+           "p99_bound_us": 500 + 900 + 4000.0,
+           "unbatched": {"throughput": 1000.0, "p50_us": 2000.0, "p99_us": 4000.0},
+           "batched": {"throughput": 1600.0, "p50_us": 1500.0, "p99_us": 5000.0}}
+    args = argparse.Namespace(concurrency=64, max_batch=64, delay_us=500)
+    text = bench_batching.render([row], args, ["perf_analyzer ..."], "today")
+    assert ("| mlp | 1,000 | 2,000 / 4,000 | 1,600 | 1,500 / 5,000 | 1.60 | 8 | 900 | 5,400 "
+            "| yes |") in text
