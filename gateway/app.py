@@ -4,9 +4,13 @@ Start: database → registry → model manager (production versions) → request
 recovered, replay started) → lifecycle (bootstrap datasets, scheduler) → inference gRPC
 server (with the feedback service) → admin gRPC server → HTTP server.
 Stop: readiness off → background tasks cancelled → lifecycle scheduler stopped (active
-runs cancelled and recorded) → drain RPCs (admin first, then inference) → stop servers →
+runs cancelled and recorded) → drain RPCs (both ports at once, one grace) → stop servers →
 flush the request log (queue and journal into the database, or kept in the journal for the
 next start) → unload models → close the database.
+
+A worker of ``gateway serve --workers`` (``settings.worker``, see ``gateway.workers``)
+shares the inference port with the others and serves no HTTP (the supervisor does); only
+the leader (worker 0) serves the admin port and runs the lifecycle and experiment loops.
 """
 
 from __future__ import annotations
@@ -65,7 +69,9 @@ INFERENCE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceS
 class GatewayApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = GatewayMetrics()
+        worker = settings.worker
+        self.metrics = GatewayMetrics(multiprocess_dir=worker.metrics_dir if worker else None,
+                                      worker=worker.index if worker else None)
         self.stats = StatsBook()
         self.ports: dict[str, int] = {}
         self._ready = False
@@ -111,6 +117,8 @@ class GatewayApp:
         self.manager.on_change = self._model_changed
         await self.manager.start()
         self._spawn(self._follow_policies())
+        if self.metrics.multiprocess:
+            self._spawn(self.metrics.publish_every())
         await self._start_request_log()
         self._start_experiments(registry)
         await self._start_lifecycle(registry, artifacts)
@@ -140,12 +148,13 @@ class GatewayApp:
         self.ports["grpc"] = bind(server, settings.host, settings.grpc_port, settings.tls)
         self._grpc = server
         await server.start()
-        await self._start_admin(registry, artifacts, authority)
-
-        self._http = HttpEndpoint(
-            metrics=self.metrics.exposition, live=lambda: True, ready=self.is_ready
-        )
-        self.ports["http"] = await self._http.start(settings.host, settings.http_port)
+        if settings.leader:
+            await self._start_admin(registry, artifacts, authority)
+        if settings.worker is None:
+            self._http = HttpEndpoint(
+                metrics=self.metrics.exposition, live=lambda: True, ready=self.is_ready
+            )
+            self.ports["http"] = await self._http.start(settings.host, settings.http_port)
 
         for served in self.manager.models():
             await self._set_health(served.name)
@@ -204,8 +213,10 @@ class GatewayApp:
             manager=self.manager, canary=self._canary,
             rewarder=BanditRewarder(self._requests, policies), executor=self._db_pool,
             canary_tick_s=traffic.canary_tick_s, bandit_update_s=traffic.bandit_update_s)
-        self._spawn(loops.run_canaries())
-        self._spawn(loops.run_bandits())
+        if self.settings.leader:
+            # They write the policies every worker follows: one process runs them.
+            self._spawn(loops.run_canaries())
+            self._spawn(loops.run_bandits())
 
     async def _start_lifecycle(self, registry: Registry, artifacts: ArtifactStore) -> None:
         """The retraining loop (``gateway.lifecycle_runtime``). Its start does database
@@ -288,10 +299,11 @@ class GatewayApp:
         for health in (self._admin_health, self._health):
             if health is not None:
                 await health.enter_graceful_shutdown()
-        if self._admin is not None:
-            await self._admin.stop(grace)
-        if self._grpc is not None:
-            await self._grpc.stop(grace)
+        # Both ports drain at once under one grace (the admin port still stops taking calls
+        # first): one after the other, a stream held open on each took twice the grace.
+        await asyncio.gather(*(server.stop(grace) for server in (self._admin, self._grpc)
+                               if server is not None))
+        self.metrics.publish()
         if self._http is not None:
             await self._http.stop()
         if self.request_log is not None:

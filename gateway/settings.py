@@ -146,6 +146,22 @@ class TrafficSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WorkerRole:
+    """This process is worker ``index`` of ``count`` under a ``gateway serve --workers``
+    supervisor (``gateway.workers``). Worker 0 is the leader: it alone serves the admin
+    port and runs the lifecycle and the experiment loops. ``metrics_dir`` holds every
+    worker's metric files (``PROMETHEUS_MULTIPROC_DIR``), which the supervisor aggregates."""
+
+    index: int
+    count: int
+    metrics_dir: Path
+
+    @property
+    def leader(self) -> bool:
+        return self.index == 0
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     source: str = "<defaults>"
     host: str = "127.0.0.1"
@@ -162,6 +178,7 @@ class Settings:
     access_log_sample: float = 0.0
     uvloop: bool = False
     shutdown_grace_s: float = 5.0
+    workers: int = 1
     port_file: Path | None = None
     database_url: str | None = None
     artifacts_dir: Path | None = None
@@ -171,10 +188,20 @@ class Settings:
     models: tuple[ModelSettings, ...] = ()
     lifecycle: LoopSettings = field(default_factory=LoopSettings)
     traffic: TrafficSettings = field(default_factory=TrafficSettings)
+    # Set only inside a worker process (None: a single-process gateway, or the supervisor).
+    worker: WorkerRole | None = None
+
+    @property
+    def leader(self) -> bool:
+        """Serves the admin port and runs the lifecycle and experiment loops."""
+        return self.worker is None or self.worker.leader
 
     @property
     def lifecycle_enabled(self) -> bool:
-        """``[lifecycle] enabled``, by default on when any model has a lifecycle table."""
+        """``[lifecycle] enabled``, by default on when any model has a lifecycle table;
+        always off on a worker other than the leader (one process runs the lifecycle)."""
+        if not self.leader:
+            return False
         if self.lifecycle.enabled is not None:
             return self.lifecycle.enabled
         return any(m.lifecycle is not None for m in self.models)
@@ -185,7 +212,13 @@ class Settings:
 
     @property
     def effective_journal_dir(self) -> Path:
-        return self.request_log.journal_dir or self.data_dir / "request-log"
+        """The journal is single-writer: worker ``i`` > 0 has ``worker-<i>`` below the
+        configured directory; the leader keeps the directory itself, as one process does,
+        so switching ``workers`` never strands its journal."""
+        base = self.request_log.journal_dir or self.data_dir / "request-log"
+        if self.worker is not None and self.worker.index > 0:
+            return base / f"worker-{self.worker.index}"
+        return base
 
     def logging_of(self, model: str) -> LoggingSettings:
         """The model's logging settings: its own table, else the ``[request_log]`` ones."""
@@ -323,6 +356,7 @@ def _parse(source: str, raw: Mapping[str, Any], base_dir: Path) -> Settings:
         access_log_sample=_fraction(server, "access_log_sample", 0.0),
         uvloop=server.get("uvloop", bool, False),
         shutdown_grace_s=server.positive("shutdown_grace_s", float, 5.0, allow_zero=True),
+        workers=server.positive("workers", int, 1),
         database_url=database.get("url", str, None),
         artifacts_dir=path_of(artifacts, "root"),
         tokens=_parse_tokens(source, auth),
@@ -570,4 +604,7 @@ def _apply_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Settin
     for key in ("grpc_port", "http_port", "admin_port"):
         if key in changes and not 0 <= changes[key] <= 65535:
             raise ConfigError("command line", key, f"expected a port, got {changes[key]}")
+    if "workers" in changes and changes["workers"] < 1:
+        raise ConfigError("command line", "workers",
+                          f"expected a positive number of processes, got {changes['workers']}")
     return replace(settings, **changes)

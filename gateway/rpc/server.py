@@ -20,8 +20,11 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         # grpcio enables SO_REUSEPORT by default, which lets a second gateway silently
-        # share the port; a single process must refuse a busy port instead.
-        ("grpc.so_reuseport", 0),
+        # share the port; a single process must refuse a busy port instead. Workers of
+        # ``gateway serve --workers`` share their ports on purpose: the supervisor checked
+        # the port was free and holds it (``gateway.workers.reserve_port``), and the
+        # kernel spreads connections over the workers' listeners.
+        ("grpc.so_reuseport", 0 if settings.worker is None else 1),
     ]
 
 
