@@ -265,12 +265,13 @@ class GatewayApp:
         task.add_done_callback(self._tasks.discard)
 
     async def _follow_policies(self) -> None:
-        """Poll the database for policy changes made elsewhere (canary steps, other
-        replicas) and for bandit reward counts."""
+        """Poll the database for production moves and policy changes made elsewhere (canary
+        steps, other workers and replicas) and for bandit reward counts."""
         assert self.manager is not None
         while True:
             await asyncio.sleep(self.settings.traffic.policy_sync_s)
             try:
+                await self.manager.sync_aliases()
                 await self.manager.sync_policies()
             except Exception:
                 log.exception("policy sync failed", extra={"event": "policy_sync_failed"})

@@ -408,6 +408,35 @@ class ModelManager:
         for version in sorted(set(served.versions) - served.needed()):
             await self._retire(served, version)
 
+    async def sync_aliases(self) -> None:
+        """Follow production moves made elsewhere (another worker or replica promoted or
+        rolled back): load and warm the new version, then swap and drain the old one; the
+        alias is not moved again. A version that fails to load is logged once and left
+        (``failures``); the current production keeps serving. Called periodically, before
+        ``sync_policies`` (the process that moved the alias also ended any experiment)."""
+        stored = await self.db(self._registry.alias_versions, PRODUCTION)
+        for served in self.models():
+            version = stored.get(served.name)
+            if (served.production is None or version is None
+                    or version == served.production.version or version in served.failures):
+                continue
+            async with served.lock:
+                if served.production is None or version == served.production.version:
+                    continue
+                try:
+                    loaded = await self._ensure_loaded(served, version)
+                except ModelLoadError as exc:
+                    log.error("production moved elsewhere to a version that fails to load",
+                              extra={"event": "alias_follow_failed", "model": served.name,
+                                     "version": version, "reason": str(exc)})
+                    continue
+                previous = served.production.version
+                await self._swap(served, loaded)
+            log.info("production moved elsewhere: followed", extra={
+                "event": "alias_followed", "model": served.name, "version": version,
+                "previous": previous})
+            self.on_change(served.name)
+
     async def sync_policies(self) -> None:
         """Follow policy changes made elsewhere (the canary controller, another replica) and
         refresh bandit weights from the shared reward counts. Called periodically."""

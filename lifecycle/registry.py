@@ -284,6 +284,13 @@ class Registry:
             rows = s.scalars(select(AliasRow).where(AliasRow.model == model))
             return {r.alias: r.version for r in rows}
 
+    def alias_versions(self, alias: str) -> dict[str, int]:
+        """Every model's version under ``alias`` (models without it are left out)."""
+        with self._db.read() as s:
+            rows = s.execute(select(AliasRow.model, AliasRow.version).where(
+                AliasRow.alias == alias))
+            return {model: version for model, version in rows}
+
     def get_alias(self, model: str, alias: str) -> int:
         with self._db.read() as s:
             return _alias_row(s, model, alias).version
