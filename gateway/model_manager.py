@@ -14,6 +14,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
+import psutil
+
 from gateway.batching import Batcher
 from gateway.errors import ModelLoadError, ModelNotFound, NotReady, VersionNotFound
 from gateway.metrics import GatewayMetrics
@@ -174,7 +176,8 @@ class ModelManager:
         self._metrics.model_loads.labels(served.name, "ok").inc()
         log.info("version loaded", extra={
             "event": "loaded", "model": served.name, "version": version,
-            "inline": loaded.inline, "warmup_p99_us": round(loaded.warmup.p99_us, 1)})
+            "inline": loaded.inline, "warmup_p99_us": round(loaded.warmup.p99_us, 1),
+            "rss_mb": round(loaded.rss_bytes / 2**20, 1)})
         return loaded
 
     async def _load(self, served: ServedModel, version: int) -> LoadedVersion:
@@ -182,7 +185,8 @@ class ModelManager:
         options = served.settings.runtime
         iterations = served.settings.warmup_iterations
 
-        def build() -> tuple[OnnxModel, WarmupReport]:
+        def build() -> tuple[OnnxModel, WarmupReport, int]:
+            rss_before = _rss_bytes()
             try:
                 data = self._artifacts.read(record.sha256)
             except ArtifactError as exc:
@@ -191,10 +195,11 @@ class ModelManager:
             mismatch = served.signature.mismatch(onnx.signature)
             if mismatch:
                 raise ModelLoadError(f"signature differs from the model's: {mismatch}")
-            return onnx, onnx.warm_up(iterations)
+            warmup = onnx.warm_up(iterations)
+            return onnx, warmup, max(0, _rss_bytes() - rss_before)
 
         loop = asyncio.get_running_loop()
-        onnx, warmup = await loop.run_in_executor(self._load_executor, build)
+        onnx, warmup, rss = await loop.run_in_executor(self._load_executor, build)
         limit = served.settings.inline_max_us
         if limit is None:
             limit = self._settings.inline_max_us
@@ -209,7 +214,7 @@ class ModelManager:
         return LoadedVersion(
             model=served.name, version=version, onnx=onnx, inline=inline,
             warmup=warmup, stats=stats, metrics=self._metrics.version(served.name, label),
-            batcher=batcher,
+            batcher=batcher, rss_bytes=rss,
         )
 
     async def _retire(self, served: ServedModel, version: int) -> None:
@@ -332,7 +337,7 @@ class ModelManager:
                 loads.append(VersionLoad(
                     model, number, "loaded", production=loaded is production,
                     explicit=explicit, in_flight=loaded.inflight,
-                    warmup_p99_us=loaded.warmup.p99_us))
+                    warmup_p99_us=loaded.warmup.p99_us, rss_bytes=loaded.rss_bytes))
             elif number in served.failures:
                 loads.append(VersionLoad(model, number, "failed", explicit=explicit,
                                          failure=served.failures[number]))
@@ -471,6 +476,10 @@ class ModelManager:
             served.reroute()
             for version in list(served.versions):
                 await self._retire(served, version)
+
+
+def _rss_bytes() -> int:
+    return int(psutil.Process().memory_info().rss)
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -36,6 +36,8 @@ class LoadedVersion:
     _drained: asyncio.Event | None = None
     # Dynamic batching (None: each request runs alone).
     batcher: Batcher | None = None
+    # The process's RSS growth while this version loaded and warmed (approximate).
+    rss_bytes: int = 0
 
     def __post_init__(self) -> None:
         self.label = str(self.version)

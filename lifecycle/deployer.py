@@ -22,7 +22,8 @@ class VersionLoad:
     """What the serving process holds of one version.
 
     ``state`` is one of ``LOAD_STATES``; ``failure`` is the reason of the last failed
-    load when ``state == "failed"``; ``warmup_p99_us`` is 0 unless loaded.
+    load when ``state == "failed"``; ``warmup_p99_us`` and ``rss_bytes`` (the process's
+    resident memory growth while it loaded and warmed) are 0 unless loaded.
     """
 
     model: str
@@ -33,6 +34,7 @@ class VersionLoad:
     in_flight: int = 0
     failure: str = ""
     warmup_p99_us: float = 0.0
+    rss_bytes: int = 0
 
 
 @dataclass(frozen=True)

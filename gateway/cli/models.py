@@ -51,12 +51,13 @@ def tensors(specs: Any) -> str:
 def load_rows(loads: Any) -> list[tuple[Any, ...]]:
     return [(v.version, LOAD_STATES[v.state], v.production, v.explicit, v.in_flight,
              f"{v.warmup_p99_us:.0f}us" if v.state == pb.LOAD_STATE_LOADED else "-",
+             f"{v.rss_bytes / 2**20:.1f}MiB" if v.state == pb.LOAD_STATE_LOADED else "-",
              v.failure or "-")
             for v in loads]
 
 
 LOAD_HEADERS = ("VERSION", "STATE", "PRODUCTION", "EXPLICIT", "IN-FLIGHT", "WARMUP-P99",
-                "FAILURE")
+                "RSS", "FAILURE")
 
 
 @admin_command

@@ -52,7 +52,7 @@ def version_load(load: VersionLoad) -> pb.VersionLoad:
     return pb.VersionLoad(
         model=load.model, version=load.version, state=LOAD_STATES[load.state],
         production=load.production, explicit=load.explicit, in_flight=load.in_flight,
-        failure=load.failure, warmup_p99_us=load.warmup_p99_us,
+        failure=load.failure, warmup_p99_us=load.warmup_p99_us, rss_bytes=load.rss_bytes,
     )
 
 
