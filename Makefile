@@ -35,15 +35,16 @@ run: install
 
 # tritonclient's generated inference messages, the harness's (loadtests/pb) and ours
 # (gateway/pb) clash in one process, so tests/triton and tests/loadtests each run in a
-# pytest process of their own.
+# pytest process of their own. The main one runs under a throwaway PostgreSQL
+# (scripts/pg-test.sh): the storage contract tests run on SQLite and on PostgreSQL.
 SEPARATE_SUITES := --ignore=tests/triton --ignore=tests/loadtests
 test: install
-	$(PY) -m pytest -q --durations=20 $(SEPARATE_SUITES) tests
+	bash scripts/pg-test.sh -- $(PY) -m pytest -q --durations=20 $(SEPARATE_SUITES) tests
 	$(PY) -m pytest -q --durations=10 tests/loadtests
 	$(PY) -m pytest -q --durations=10 tests/triton
 
 test-quick: install
-	$(PY) -m pytest -q -x -m "not slow" $(SEPARATE_SUITES) tests
+	GATEWAY_TEST_DATABASES=sqlite $(PY) -m pytest -q -x -m "not slow" $(SEPARATE_SUITES) tests
 
 lint: install
 	$(VENV)/bin/ruff check gateway lifecycle loadtests tests

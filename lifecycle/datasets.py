@@ -295,6 +295,8 @@ class DatasetStore:
         profiles = profile_features(arrays.features.astype(np.float64), feature_names)
         artifact, _ = self._artifacts.put(arrays.to_npz())
         meta = {**dict(metadata or {}), "feature_names": [p.name for p in profiles]}
+        # ``source`` is a label (a version's free-form source may be long): cut to the
+        # column's width, which PostgreSQL enforces.
         for attempt in range(1, _SAVE_ATTEMPTS + 1):
             try:
                 with self._db.write() as s:
@@ -304,7 +306,7 @@ class DatasetStore:
                     result = s.execute(insert(dataset_table).values(
                         model=model, version=(latest or 0) + 1, content_sha256=content,
                         artifact_sha256=artifact, rows=len(arrays),
-                        n_features=int(arrays.features.shape[1]), source=source,
+                        n_features=int(arrays.features.shape[1]), source=source[:64],
                         window_start_us=window[0], window_end_us=window[1],
                         label_counts=dict(label_counts),
                         stats={"features": [p.to_json() for p in profiles]}, metadata=meta,

@@ -2,18 +2,31 @@
 
 SQLAlchemy is imported only here and by the repositories (``registry``); rows never
 leave them. SQLite is the embedded default (one file in the data dir, WAL mode);
-any other URL (PostgreSQL with psycopg 3) passes through with ``pool_pre_ping``.
+PostgreSQL (``postgresql+psycopg://user:password@host:port/db``, psycopg 3; a bare
+``postgresql://`` gets psycopg too) runs the same code and the same migrations.
 
 Transactions: ``Database.read()`` yields a session in a plain transaction;
 ``Database.write()`` yields a session in a write transaction that commits on exit.
-On SQLite a write transaction starts with ``BEGIN IMMEDIATE`` (the database write
-lock is taken up front, so read-modify-write is atomic and two writers never
-deadlock upgrading their locks) and writers of one ``Database`` queue on an
-in-process lock first (fair and instant, unlike SQLite's sleeping busy handler).
-Database errors become domain errors at this boundary:
+Write transactions are serialized, so every repository's read-modify-write is atomic
+on both databases:
+
+- on SQLite a write transaction starts with ``BEGIN IMMEDIATE`` (the database write
+  lock is taken up front, so two writers never deadlock upgrading their locks) and
+  writers of one ``Database`` queue on an in-process lock first (fair and instant,
+  unlike SQLite's sleeping busy handler);
+- on PostgreSQL it first takes a transaction-scoped advisory lock
+  (``pg_advisory_xact_lock``, released at commit or rollback), which serializes the
+  writers of every process and replica on the database. ``write(exclusive=False)``
+  skips it, for writes that are safe without it (the request log's idempotent inserts
+  and batched purges).
+
+Migrations run under an advisory lock of their own on PostgreSQL, and in one
+``BEGIN IMMEDIATE`` transaction on SQLite: processes starting together migrate one
+after the other. Database errors become domain errors at this boundary:
 
     IntegrityError                                  → ConflictError
     OperationalError, InterfaceError, lost connection → StorageUnavailable
+    DataError (a value the column cannot hold)      → InvalidArgument
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Connection,
     DateTime,
     Dialect,
     Double,
@@ -57,7 +71,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from lifecycle.domain import Event, Model, ModelVersion, Signature
-from lifecycle.errors import ConflictError, StorageUnavailable
+from lifecycle.errors import ConflictError, InvalidArgument, StorageUnavailable
 
 __all__ = [
     "AliasHistoryRow",
@@ -72,6 +86,7 @@ __all__ = [
     "dataset_link_table",
     "dataset_table",
     "feedback_table",
+    "lock_for_migration",
     "make_engine",
     "migrate",
     "request_log_table",
@@ -83,6 +98,12 @@ __all__ = [
 ]
 
 BUSY_TIMEOUT_MS = 5000
+# Advisory lock keys (64-bit, fixed, per database): one for migrations, one for writers.
+MIGRATION_LOCK_KEY = 0x6977_6D69_6772_6174  # "iwmigrat"
+WRITE_LOCK_KEY = 0x6977_7772_6974_6572  # "iwwriter"
+PG_CONNECT_TIMEOUT_S = 5
+# SQLSTATE lock_not_available: a lock wait ran past ``lock_timeout``.
+_PG_LOCK_NOT_AVAILABLE = "55P03"
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Execution option read by the ``begin`` hook: which BEGIN a SQLite transaction emits.
 _SQLITE_BEGIN = "lifecycle_sqlite_begin"
@@ -95,8 +116,21 @@ def make_engine(url: str) -> Engine:
     ``busy_timeout`` and foreign keys on every connection, and SQLAlchemy-emitted
     ``BEGIN`` (so write transactions can be ``BEGIN IMMEDIATE``). Raises
     ``StorageUnavailable`` when the parent directory cannot be created.
+
+    PostgreSQL URLs without a driver get psycopg 3; connections are checked before use
+    (``pool_pre_ping``: a restarted server costs no failed call) and give up connecting
+    after ``PG_CONNECT_TIMEOUT_S``.
     """
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(
+            parsed,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S,
+                          "application_name": "inference-gateway"},
+        )
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     database = parsed.database or ""
@@ -138,6 +172,10 @@ def _is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def _is_postgresql(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
 @contextmanager
 def translate_errors() -> Iterator[None]:
     """Re-raise database errors as domain errors (see the module docstring)."""
@@ -147,6 +185,10 @@ def translate_errors() -> Iterator[None]:
         raise ConflictError(f"conflicting write: {err.orig}") from err
     except (exc.OperationalError, exc.InterfaceError) as err:
         raise StorageUnavailable(f"database unavailable: {err.orig}") from err
+    except exc.DataError as err:
+        # Too long for its column, NUL in a text value, out of range: PostgreSQL checks
+        # what SQLite would store as is.
+        raise InvalidArgument(f"the database refused a value: {err.orig}") from err
     except exc.DBAPIError as err:
         if err.connection_invalidated:
             raise StorageUnavailable(f"database connection lost: {err.orig}") from err
@@ -157,15 +199,18 @@ class Database:
     """Transaction scopes over one engine; thread-safe.
 
     Every repository method runs in exactly one ``read()`` or ``write()`` scope.
-    ``write()`` scopes must not nest (on SQLite that would wait on itself), and
-    doing so raises ``RuntimeError``. The SQLite writer lock is per instance:
-    build one ``Database`` per database file and share it. A writer that waits
-    longer than ``lock_timeout_s`` for it gets ``StorageUnavailable``.
+    ``write()`` scopes must not nest (that would wait on itself), and doing so
+    raises ``RuntimeError``. The SQLite writer lock is per instance: build one
+    ``Database`` per database file and share it. A writer that waits longer than
+    ``lock_timeout_s`` for its write slot (SQLite's in-process lock, PostgreSQL's
+    advisory lock) gets ``StorageUnavailable``; on PostgreSQL the same bound applies to
+    every lock a write transaction waits for.
     """
 
     def __init__(self, engine: Engine, *, lock_timeout_s: float = 30.0) -> None:
         self.engine = engine
         self._sqlite = _is_sqlite(engine)
+        self._postgresql = _is_postgresql(engine)
         self._write_engine = (
             engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"}) if self._sqlite else engine
         )
@@ -189,11 +234,14 @@ class Database:
             yield session
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
+    def write(self, *, exclusive: bool = True) -> Iterator[Session]:
         """A session in one write transaction: commits on normal exit, rolls back on error.
 
-        Raises ``ConflictError``/``StorageUnavailable`` translated from the database,
-        or whatever the body raised (after rolling back).
+        ``exclusive=False`` lets the transaction run beside other writers on PostgreSQL
+        (no advisory lock): only for writes that need no read-modify-write atomicity.
+        SQLite serializes every writer regardless. Raises ``ConflictError``/
+        ``StorageUnavailable`` translated from the database, or whatever the body
+        raised (after rolling back).
         """
         if getattr(self._local, "writing", False):
             raise RuntimeError("Database.write() scopes must not nest")
@@ -211,11 +259,31 @@ class Database:
                 Session(self._write_engine, expire_on_commit=False) as session,
                 session.begin(),
             ):
+                if self._postgresql:
+                    self._begin_postgresql_write(session, exclusive)
                 yield session
         finally:
             self._local.writing = False
             if locked:
                 self._lock.release()
+
+    def _begin_postgresql_write(self, session: Session, exclusive: bool) -> None:
+        """Bound every lock wait of the transaction by ``lock_timeout_s`` (as SQLite's busy
+        timeout bounds its writers: a table locked elsewhere fails the write instead of
+        hanging it) and, when ``exclusive``, take the writers' advisory lock."""
+        timeout_ms = max(1, int(self._lock_timeout_s * 1000))
+        # SET LOCAL: the setting ends with the transaction, like the advisory lock.
+        session.execute(text(f"SET LOCAL lock_timeout = {timeout_ms}"))
+        if not exclusive:
+            return
+        try:
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})
+        except exc.OperationalError as err:
+            if getattr(err.orig, "sqlstate", None) == _PG_LOCK_NOT_AVAILABLE:
+                raise StorageUnavailable(
+                    f"database busy: no write slot within {self._lock_timeout_s:g} s"
+                ) from err
+            raise
 
     def close(self) -> None:
         """Close pooled connections (the engine stays usable and reconnects on demand)."""
@@ -226,10 +294,12 @@ def migrate(engine: Engine) -> None:
     """Upgrade the schema to the newest revision; idempotent, safe at every start.
 
     The Alembic configuration is built in code and points at the migrations
-    shipped inside this package, so it works from any working directory. On
-    SQLite the whole upgrade runs in one ``BEGIN IMMEDIATE`` transaction, so
-    processes starting together migrate one after the other. Raises
-    ``StorageUnavailable`` when the database cannot be reached.
+    shipped inside this package, so it works from any working directory. The whole
+    upgrade runs in one transaction (DDL is transactional on both databases) that
+    first serializes migrators: ``BEGIN IMMEDIATE`` on SQLite, the migration advisory
+    lock on PostgreSQL (see ``lock_for_migration``). So processes and replicas starting
+    together migrate one after the other, and the later ones find the schema at head.
+    Raises ``StorageUnavailable`` when the database cannot be reached.
     """
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
@@ -237,8 +307,23 @@ def migrate(engine: Engine) -> None:
     if _is_sqlite(engine):
         runner = engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
     with translate_errors(), runner.begin() as connection:
+        lock_for_migration(connection)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def lock_for_migration(connection: Connection) -> None:
+    """On PostgreSQL, wait for the migration advisory lock in ``connection``'s transaction.
+
+    ``pg_advisory_xact_lock`` on ``MIGRATION_LOCK_KEY``: held until that transaction
+    commits or rolls back (a migrator that dies releases it with its connection), so
+    the next migrator reads the schema the previous one committed. No-op elsewhere
+    (SQLite's ``BEGIN IMMEDIATE`` already serializes).
+    """
+    if _is_postgresql(connection):
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+        )
 
 
 # ---------------------------------------------------------------- table mapping

@@ -288,7 +288,9 @@ class PolicyStore:
                 f"reward counts only grow, got successes={successes}, failures={failures}"
             )
         c = bandit_count_table.c
-        with self._db.write() as s:
+        # One UPDATE adding in place is atomic by itself: no need to queue behind the
+        # registry's writers (PostgreSQL's advisory lock) for every reward.
+        with self._db.write(exclusive=False) as s:
             result = s.execute(
                 update(bandit_count_table)
                 .where(c.experiment_id == experiment_id, c.version == version)

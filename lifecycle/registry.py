@@ -104,6 +104,7 @@ class Registry:
     def create_model(self, name: str, signature: Signature, *, task: str = "", actor: str) -> Model:
         """Create a model; ``ConflictError`` if the name is taken."""
         _check_name(name, _MODEL_NAME, "model name")
+        _check_task(task)
         _check_actor(actor)
         with self._db.write() as s:
             if s.get(ModelRow, name) is not None:
@@ -119,6 +120,7 @@ class Registry:
         caller's ``signature``; compare with ``Signature.mismatch`` if it matters).
         """
         _check_name(name, _MODEL_NAME, "model name")
+        _check_task(task)
         _check_actor(actor)
         try:
             with self._db.write() as s:
@@ -561,6 +563,12 @@ def _version_summary(v: ModelVersion) -> dict[str, Any]:
 def _check_name(value: str, pattern: re.Pattern[str], what: str) -> None:
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise InvalidArgument(f"{what} must match {pattern.pattern}, got {value!r}")
+
+
+def _check_task(task: str) -> None:
+    # The column's width: PostgreSQL enforces it (SQLite would store anything).
+    if not isinstance(task, str) or len(task) > 64:
+        raise InvalidArgument(f"task must be a string of at most 64 chars, got {task!r}")
 
 
 def _check_actor(actor: str) -> None:

@@ -23,7 +23,10 @@ request is written:
   *unmatched*: ``unmatched_feedback`` reports it and ``purge_unmatched_feedback`` deletes it.
 
 Purges delete in bounded batches, each its own short transaction, so the log's writer is
-never locked out for long. Raises ``StorageUnavailable`` when the database is unreachable.
+never locked out for long. Neither needs the registry's serialized writes, so on PostgreSQL
+both run beside other writers (``Database.write(exclusive=False)``): ``ON CONFLICT DO
+NOTHING`` keeps concurrent inserts of one id to one row. Raises ``StorageUnavailable`` when
+the database is unreachable.
 """
 
 from __future__ import annotations
@@ -169,7 +172,7 @@ class RequestStore:
         """
         feedback_rows = [_feedback_row(e) for e in feedback]
         sqlite_sql = self._sqlite_insert_requests
-        with self._db.write() as session:
+        with self._db.write(exclusive=False) as session:
             conn = session.connection()
             if requests and sqlite_sql is not None:
                 # The hot write path. SQLAlchemy's per-row parameter processing would
@@ -366,7 +369,7 @@ class RequestStore:
             raise InvalidArgument(f"batch_size must be at least 1, got {batch_size}")
         total = 0
         while True:
-            with self._db.write() as session:
+            with self._db.write(exclusive=False) as session:
                 ids = list(session.execute(
                     select(table.c.id).where(condition).order_by(order).limit(batch_size)
                 ).scalars())

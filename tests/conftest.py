@@ -8,9 +8,18 @@ from pathlib import Path
 import pytest
 
 from tests import onnx_models
+from tests.support.databases import (  # noqa: F401  (fixtures, shared by every suite)
+    database_url,
+    deselect_unselected_backends,
+    postgres_server,
+)
 
 DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
              "FP16", "FP32", "FP64", "BYTES")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    deselect_unselected_backends(config, items)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
 """Alembic environment: uses the connection ``lifecycle.db.migrate`` hands over.
 
 From the alembic command line (authoring revisions), pass the database with
-``-x url=...``; the engine is then built by ``lifecycle.db.make_engine``.
+``-x url=...``; the engine is then built by ``lifecycle.db.make_engine`` and, on
+PostgreSQL, the upgrade waits for the same migration advisory lock as the gateway's
+(``lifecycle.db.lock_for_migration``), so it never races a starting replica.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from lifecycle.db import Base, make_engine
+from lifecycle.db import Base, lock_for_migration, make_engine
 
 config = context.config
 
@@ -43,6 +45,7 @@ else:
     engine = make_engine(_url())
     try:
         with engine.begin() as connection:
+            lock_for_migration(connection)
             _run(connection)
     finally:
         engine.dispose()

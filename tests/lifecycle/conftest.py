@@ -1,10 +1,10 @@
-"""Fixtures for the registry core: a migrated SQLite database in ``tmp_path``."""
+"""Fixtures for the registry core: a migrated database of the test's own, on SQLite and on
+PostgreSQL (``tests.support.databases``: every test using it runs on both)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +15,8 @@ from tests.lifecycle.helpers import StepClock
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'data' / 'registry.db'}"
+def db_url(database_url: str) -> str:
+    return database_url
 
 
 @pytest.fixture

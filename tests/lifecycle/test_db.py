@@ -1,8 +1,12 @@
-"""The storage plumbing: engine settings, migrations, transactions, error translation."""
+"""The storage plumbing: engine settings, migrations, transactions, error translation.
+
+Tests taking ``db``/``db_url`` run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -10,12 +14,12 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from lifecycle import migrations
 from lifecycle.db import Base, Database, make_engine, migrate
 from lifecycle.domain import Signature
-from lifecycle.errors import ConflictError, StorageUnavailable
+from lifecycle.errors import ConflictError, InvalidArgument, StorageUnavailable
 from lifecycle.registry import Registry
 
 
@@ -48,6 +52,49 @@ def test_migrate_is_idempotent_and_matches_the_mapping(
             ]
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_replicas_starting_together_migrate_one_after_the_other(db_url: str) -> None:
+    # Four processes' engines on one empty database, released at once: without the
+    # serialization (SQLite's BEGIN IMMEDIATE, PostgreSQL's advisory lock) they would
+    # race to create the same tables and all but one would fail.
+    engines = [make_engine(db_url) for _ in range(4)]
+    barrier = threading.Barrier(len(engines))
+
+    def start(engine: Engine) -> None:
+        barrier.wait(timeout=30)
+        migrate(engine)
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(engines)) as pool:
+            for future in [pool.submit(start, e) for e in engines]:
+                future.result(timeout=120)
+        with engines[0].connect() as conn:
+            head = ScriptDirectory(str(Path(migrations.__file__).parent)).get_current_head()
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [
+                (head,)
+            ]
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+def test_postgresql_urls_get_psycopg_and_an_unreachable_server_is_storage_unavailable(
+) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    engine = make_engine(f"postgresql://nobody:secret@127.0.0.1:{port}/none")
+    try:
+        assert engine.dialect.driver == "psycopg"
+        with pytest.raises(StorageUnavailable, match="database unavailable"):
+            migrate(engine)
+        with pytest.raises(StorageUnavailable), Database(engine).write() as session:
+            session.execute(text("SELECT 1"))
     finally:
         engine.dispose()
 
@@ -87,6 +134,19 @@ def test_integrity_errors_become_conflicts_and_roll_back(db: Database) -> None:
     with db.read() as session:
         names = session.execute(text("SELECT name FROM models ORDER BY name")).scalars().all()
     assert names == ["dup"]
+
+
+def test_values_the_columns_cannot_hold_are_invalid_arguments(
+    db: Database, signature: Signature
+) -> None:
+    # The registry checks what PostgreSQL would refuse (SQLite stores any length)...
+    with pytest.raises(InvalidArgument, match="task"):
+        Registry(db).create_model("m", signature, task="t" * 65, actor="test")
+    # ...and whatever a column refuses all the same is a client error, not a crash.
+    if db.dialect == "postgresql":
+        with pytest.raises(InvalidArgument, match="refused a value"), db.write() as session:
+            session.execute(text("INSERT INTO models (name, task, signature, created_at) "
+                                 "VALUES ('m', :task, '{}', now())"), {"task": "t" * 65})
 
 
 def test_write_scopes_cannot_nest(db: Database) -> None:

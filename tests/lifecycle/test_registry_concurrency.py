@@ -1,8 +1,9 @@
-"""Concurrent writers on one SQLite file: no collisions, no deadlocks, one consistent story.
+"""Concurrent writers on one database: no collisions, no deadlocks, one consistent story.
 
-Two ``Database`` objects on the same file stand in for two processes: they share
-no in-process lock, so only SQLite's ``BEGIN IMMEDIATE`` and busy timeout keep
-them apart.
+Two ``Database`` objects on the same database stand in for two processes (or replicas):
+they share no in-process lock, so only the database keeps them apart: SQLite's
+``BEGIN IMMEDIATE`` and busy timeout, PostgreSQL's writers' advisory lock. Every test runs
+on both.
 """
 
 from __future__ import annotations

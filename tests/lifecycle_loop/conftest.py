@@ -1,6 +1,8 @@
 """Fixtures of the lifecycle-loop tests: a migrated SQLite database in ``tmp_path`` with
 the demo model ``fraud`` (version 1, the bootstrap classifier, in production), the stores
-over it, a settable clock, and a ``Retrainer`` wired with real parts."""
+over it, a settable clock, and a ``Retrainer`` wired with real parts. The store-level
+modules (runs, triggers, datasets) override ``db_url`` with ``database_url``, so they run
+on SQLite and PostgreSQL; the process-level ones (training runs) stay on SQLite."""
 
 from __future__ import annotations
 

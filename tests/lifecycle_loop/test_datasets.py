@@ -26,6 +26,13 @@ from lifecycle.triggers import register_bootstrap_dataset
 from tests.lifecycle_loop.conftest import Loop
 from tests.lifecycle_loop.helpers import MODEL, log_traffic
 
+
+@pytest.fixture
+def db_url(database_url: str) -> str:
+    """A store contract: every test here runs on SQLite and PostgreSQL."""
+    return database_url
+
+
 SPEC = DatasetSpec(n_features=20, allowed_labels=(0, 1), min_rows=100, min_per_class=10)
 
 

@@ -16,6 +16,12 @@ from tests.lifecycle_loop.conftest import Loop
 from tests.lifecycle_loop.helpers import MODEL
 
 
+@pytest.fixture
+def db_url(database_url: str) -> str:
+    """A store contract: every test here runs on SQLite and PostgreSQL."""
+    return database_url
+
+
 def test_one_active_run_per_model_even_from_a_second_database(
     loop: Loop, db_url: str,
 ) -> None:

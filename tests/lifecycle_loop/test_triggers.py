@@ -16,6 +16,13 @@ from lifecycle.triggers import TriggerDecision, register_bootstrap_dataset
 from tests.lifecycle_loop.conftest import Loop
 from tests.lifecycle_loop.helpers import MODEL, log_traffic
 
+
+@pytest.fixture
+def db_url(database_url: str) -> str:
+    """A store contract: every test here runs on SQLite and PostgreSQL."""
+    return database_url
+
+
 MINUTE_US = 60_000_000
 
 

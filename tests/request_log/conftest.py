@@ -1,5 +1,6 @@
-"""Fixtures for the request log: a migrated SQLite database in ``tmp_path``, a store over
-it whose busy timeout is short (so a locked database fails fast and deterministically),
+"""Fixtures for the request log: a migrated database of the test's own (SQLite and
+PostgreSQL: every test using it runs on both, see ``tests.support.databases``), a store over
+it whose lock waits are short (so a locked database fails fast and deterministically),
 and a factory of started engines that are stopped at teardown."""
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def database_locked(path: Path) -> Iterator[None]:
 
 def short_busy_engine(url: str) -> Any:
     engine = make_engine(url)
+    if engine.dialect.name != "sqlite":
+        return engine
 
     @event.listens_for(engine, "connect")
     def _short_busy(dbapi_connection: Any, _record: Any) -> None:
@@ -60,15 +63,13 @@ def short_busy_engine(url: str) -> Any:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "gateway.db"
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[Database]:
-    engine = short_busy_engine(f"sqlite:///{db_path}")
+def db(database_url: str) -> Iterator[Database]:
+    engine = short_busy_engine(database_url)
     migrate(engine)
-    database = Database(engine, lock_timeout_s=5.0)
+    # SQLite: the in-process writer queue may wait; the busy timeout above is what fails
+    # a locked database. PostgreSQL: this bounds every lock wait of a write.
+    lock_timeout_s = 5.0 if engine.dialect.name == "sqlite" else BUSY_TIMEOUT_MS / 1000
+    database = Database(engine, lock_timeout_s=lock_timeout_s)
     yield database
     database.close()
 

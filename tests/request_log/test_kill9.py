@@ -3,6 +3,7 @@
 Guarantee under test: only records not yet in an fsynced journal batch may be lost —
 those logged within the flush interval (plus SLACK_S, for one batch's encode, write and
 fsync and for scheduling on a busy machine) before the kill — and none is duplicated.
+On SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from prometheus_client import CollectorRegistry
 
 from gateway.request_log import RequestLog, RequestLogConfig
 from lifecycle.request_store import RequestStore
-from tests.request_log.conftest import database_locked, sample, wait_until
+from tests.request_log.conftest import sample, wait_until
+from tests.support.databases import write_locked
 
 FLUSH_INTERVAL_S = 0.05
 SLACK_S = 0.3
@@ -27,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_kill_9_loses_only_the_last_flush_interval_and_duplicates_nothing(
-    store: RequestStore, db_path: Path, journal_dir: Path
+    store: RequestStore, database_url: str, journal_dir: Path
 ) -> None:
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.request_log.kill9_child", str(journal_dir),
-         f"sqlite:///{db_path}", str(FLUSH_INTERVAL_S)],
+         database_url, str(FLUSH_INTERVAL_S)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     lines: list[str] = []
@@ -42,7 +44,7 @@ def test_kill_9_loses_only_the_last_flush_interval_and_duplicates_nothing(
         assert child.poll() is None, child.stderr.read() if child.stderr else ""
         # Halfway, the database goes away: from then on the records live only in the
         # child's journal, so the restart must replay them from it.
-        with database_locked(db_path):
+        with write_locked(database_url):
             seen = len(lines)
             wait_until(lambda: len(lines) > seen + 400, timeout=30)
             killed_at = time.monotonic()

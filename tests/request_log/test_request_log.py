@@ -1,5 +1,5 @@
-"""The engine end to end on a real SQLite database: nothing lost, nothing duplicated,
-serving never blocked."""
+"""The engine end to end on a real database (SQLite and PostgreSQL): nothing lost,
+nothing duplicated, serving never blocked."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ from gateway.types import InferInput, InferOutput
 from lifecycle.db import Database
 from lifecycle.request_export import build_training_set
 from lifecycle.request_store import RequestStore
-from tests.request_log.conftest import database_locked, record, sample, wait_until
+from tests.request_log.conftest import record, sample, wait_until
 from tests.request_log.test_records import arrays_of_every_datatype, expected_bytes
+from tests.support.databases import write_locked
 
 MakeLog = Callable[..., tuple[RequestLog, CollectorRegistry]]
 
@@ -86,7 +87,7 @@ def test_the_export_of_labelled_traffic_has_every_id(
 
 
 def test_a_database_locked_mid_load_loses_and_duplicates_nothing(
-    make_log: MakeLog, store: RequestStore, db_path: Path
+    make_log: MakeLog, store: RequestStore, database_url: str
 ) -> None:
     request_log, registry = make_log(batch_max=50, flush_interval_s=0.01)
     ids: list[str] = []
@@ -99,11 +100,14 @@ def test_a_database_locked_mid_load_loses_and_duplicates_nothing(
 
     log_some(300)
     wait_until(lambda: store.count("m") == 300)
-    with database_locked(db_path):
+    with write_locked(database_url):
         log_some(300)
         wait_until(lambda: sample(registry, "gateway_request_log_failed_inserts_total") > 0)
-        # Serving went on: everything is journaled, nothing reached the database.
-        wait_until(lambda: request_log.queue_depth == 0 and request_log.backlog_bytes > 0)
+        # Serving went on: everything is journaled (and spilled: only the journal holds
+        # it, so it must come back by replay), nothing reached the database.
+        wait_until(lambda: request_log.queue_depth == 0 and request_log.backlog_bytes > 0
+                   and sample(registry, "gateway_request_log_spilled_total",
+                              kind="request") >= 300)
         assert store.count("m") == 300
         log_some(100)
     assert request_log.flush(20)
@@ -130,13 +134,13 @@ def test_stop_writes_every_queued_record_and_trims_the_journal(
 
 
 def test_stop_with_the_database_down_keeps_records_for_the_next_start(
-    store: RequestStore, db_path: Path, journal_dir: Path
+    store: RequestStore, database_url: str, journal_dir: Path
 ) -> None:
     config = RequestLogConfig(journal_dir=journal_dir, retry_initial_s=0.01)
     first = RequestLog(config, store, CollectorRegistry())
     first.start()
     ids = set()
-    with database_locked(db_path):
+    with write_locked(database_url):
         for i in range(200):
             rec = record(request_id=f"q{i}")
             first.log(rec)
@@ -163,14 +167,14 @@ def test_stop_with_the_database_down_keeps_records_for_the_next_start(
 
 
 def test_a_stalled_sink_drops_newest_counted_with_bounded_memory_and_never_blocks(
-    make_log: MakeLog, store: RequestStore, db_path: Path
+    make_log: MakeLog, store: RequestStore, database_url: str
 ) -> None:
     queue_max, budget = 20, 16 * 1024
     request_log, registry = make_log(queue_max=queue_max, batch_max=10, segment_bytes=4096,
                                      journal_budget_bytes=budget, flush_interval_s=0.005)
     accepted: list[str] = []
     refused, slowest = 0, 0.0
-    with database_locked(db_path):
+    with write_locked(database_url):
         for i in range(3000):
             rec = record(request_id=f"q{i}")
             t0 = time.perf_counter()
@@ -242,10 +246,22 @@ def test_bad_records_are_counted_never_raised_and_do_not_sink_their_batch(
     make_log: MakeLog, store: RequestStore, db: Database
 ) -> None:
     with db.engine.begin() as conn:
-        conn.exec_driver_sql(
-            "CREATE TRIGGER refuse BEFORE INSERT ON request_log WHEN NEW.request_id = 'poison' "
-            "BEGIN SELECT RAISE(ABORT, 'refused by the database'); END"
-        )
+        if db.dialect == "sqlite":
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON request_log "
+                "WHEN NEW.request_id = 'poison' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the database'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.request_id = 'poison' THEN RAISE EXCEPTION 'refused by the database'; "
+                "END IF; RETURN NEW; END $$"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON request_log "
+                "FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
     request_log, registry = make_log(flush_interval_s=1.0)
     assert not request_log.log(object())  # type: ignore[arg-type]
     unencodable = record(request_id="fp8")

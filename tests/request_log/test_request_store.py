@@ -1,9 +1,9 @@
-"""The request store: idempotent inserts, queries, the feedback join, purges."""
+"""The request store: idempotent inserts, queries, the feedback join, purges; on SQLite
+and PostgreSQL."""
 
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 
@@ -11,7 +11,7 @@ from lifecycle.db import Database
 from lifecycle.errors import NotFoundError, StorageUnavailable
 from lifecycle.request_records import FeedbackEntry, Label, RequestEntry, Tensor, encode_tensors
 from lifecycle.request_store import RequestStore
-from tests.request_log.conftest import database_locked
+from tests.support.databases import write_locked
 
 _ids = itertools.count(1)
 
@@ -165,8 +165,8 @@ def test_purge_before_deletes_old_rows_in_batches(store: RequestStore) -> None:
 
 
 def test_a_locked_database_is_storage_unavailable_and_nothing_is_written(
-    store: RequestStore, db_path: Path
+    store: RequestStore, database_url: str
 ) -> None:
-    with database_locked(db_path), pytest.raises(StorageUnavailable):
+    with write_locked(database_url), pytest.raises(StorageUnavailable):
         store.insert([entry("r", 1)])
     assert store.count("m") == 0

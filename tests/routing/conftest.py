@@ -1,5 +1,6 @@
-"""Fixtures for the routing tests: a migrated SQLite database in ``tmp_path`` holding a
-model ``fraud`` with versions 1..5, version 1 in production."""
+"""Fixtures for the routing tests: a migrated database holding a model ``fraud`` with
+versions 1..5, version 1 in production. The policy store's tests (everything using ``db``)
+run on SQLite and PostgreSQL (``tests.support.databases``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -34,8 +34,8 @@ class StepClock:
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'data' / 'registry.db'}"
+def db_url(database_url: str) -> str:
+    return database_url
 
 
 @pytest.fixture
