@@ -4,7 +4,8 @@ Start: database → registry → model manager (production versions) → request
 recovered, replay started) → lifecycle (bootstrap datasets, scheduler) → inference gRPC
 server (with the feedback service) → admin gRPC server → HTTP server.
 Stop: readiness off → background tasks cancelled → lifecycle scheduler stopped (active
-runs cancelled and recorded) → drain RPCs (both ports at once, one grace) → stop servers →
+runs cancelled and recorded) → health NOT_SERVING → 50 ms on, new inferences refused
+(UNAVAILABLE), those in flight finish → stop both servers at once (one grace) →
 flush the request log (queue and journal into the database, or kept in the journal for the
 next start) → unload models → close the database.
 
@@ -22,6 +23,7 @@ import json
 import logging
 import os
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,7 @@ from lifecycle.request_store import RequestStore
 from lifecycle.service import LifecycleService
 
 log = logging.getLogger("gateway.app")
+DRAIN_NOTICE_S = 0.05
 INFERENCE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
@@ -82,6 +85,7 @@ class GatewayApp:
         self._grpc: grpc.aio.Server | None = None
         self._admin: grpc.aio.Server | None = None
         self._admin_health = None
+        self._inference: InferenceServicer | None = None
         self._http: HttpEndpoint | None = None
         self._health = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -132,16 +136,14 @@ class GatewayApp:
         # the door instead of queueing on a saturated event loop until deadlines pass.
         server = grpc.aio.server(options=server_options(settings),
                                  maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(
-                dataplane=dataplane, manager=self.manager, stats=self.stats,
-                authority=authority,
-                allow_repository_control=settings.allow_repository_control,
-                readiness=self.is_ready, access_log_sample=settings.access_log_sample,
-                metadata_keys=settings.request_log.metadata_keys if self.request_log else (),
-            ),
-            server,
+        self._inference = InferenceServicer(
+            dataplane=dataplane, manager=self.manager, stats=self.stats,
+            authority=authority,
+            allow_repository_control=settings.allow_repository_control,
+            readiness=self.is_ready, access_log_sample=settings.access_log_sample,
+            metadata_keys=settings.request_log.metadata_keys if self.request_log else (),
         )
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self._inference, server)
         feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(
             FeedbackServicer(FeedbackIntake(self.request_log, self.manager.get)), server)
         self._health = add_health_and_reflection(server, [INFERENCE_SERVICE, FEEDBACK_SERVICE])
@@ -297,12 +299,16 @@ class GatewayApp:
             # can see the cancel.
             await asyncio.get_running_loop().run_in_executor(None, self.lifecycle.stop)
         grace = self.settings.shutdown_grace_s
+        deadline = time.monotonic() + grace
         for health in (self._admin_health, self._health):
             if health is not None:
                 await health.enter_graceful_shutdown()
+        if self._inference is not None:
+            await self._drain_inference(self._inference, deadline)
         # Both ports drain at once under one grace (the admin port still stops taking calls
         # first): one after the other, a stream held open on each took twice the grace.
-        await asyncio.gather(*(server.stop(grace) for server in (self._admin, self._grpc)
+        remaining = max(0.0, deadline - time.monotonic())
+        await asyncio.gather(*(server.stop(remaining) for server in (self._admin, self._grpc)
                                if server is not None))
         self.metrics.publish()
         if self._http is not None:
@@ -320,6 +326,20 @@ class GatewayApp:
         if self.database is not None:
             self.database.close()
         log.info("stopped", extra={"event": "stopped"})
+
+    async def _drain_inference(self, servicer: InferenceServicer, deadline: float) -> None:
+        """With readiness already false: serve ``DRAIN_NOTICE_S`` longer (health watchers
+        hear NOT_SERVING before any refusal; calls sent before the signal are served), then
+        refuse new inferences (UNAVAILABLE) and wait until none is in flight (or
+        ``deadline``), at least ``DRAIN_NOTICE_S`` again. Only then may the server stop:
+        grpc CANCELS the calls it has received but not yet handed to the servicer when it
+        stops (grpc/grpc#41785); handed over meanwhile, they get a retryable UNAVAILABLE."""
+        assert self.manager is not None
+        await asyncio.sleep(DRAIN_NOTICE_S)
+        servicer.drain()
+        await asyncio.sleep(DRAIN_NOTICE_S)
+        while any(m.inflight for m in self.manager.models()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def wait_for_termination(self) -> None:
         assert self._grpc is not None

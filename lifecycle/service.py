@@ -226,7 +226,9 @@ class LifecycleService:
     def _model_rows(
         self, name: str | None
     ) -> list[tuple[Model, dict[str, int], list[ModelVersion], bool]]:
-        models = [self._registry.get_model(name)] if name else self._registry.list_models()
+        # ``is not None``: an empty name is a name (NOT_FOUND), not a request for them all.
+        models = ([self._registry.get_model(name)] if name is not None
+                  else self._registry.list_models())
         return [
             (m, self._registry.get_aliases(m.name), self._registry.list_versions(m.name),
              self._registry.is_serving(m.name))

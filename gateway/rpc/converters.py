@@ -33,6 +33,9 @@ CONTENTS_FIELD: dict[str, str] = {
     "BYTES": "bytes_contents",
 }
 _LEN = struct.Struct("<I")
+# Beyond this numpy cannot even shape the array (its own limit is 32 or 64 by version);
+# the feedback tensors use the same bound.
+MAX_RANK = 32
 
 
 def parameters_to_dict(params: Any) -> dict[str, Any]:
@@ -81,6 +84,10 @@ def _decode_tensor(tensor: Any, raw: bytes | None) -> np.ndarray:
             f"{', '.join(V2_TO_NUMPY)}"
         )
     shape = tuple(tensor.shape)
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(
+            f"input '{name}': expected at most {MAX_RANK} dimensions, got {len(shape)}"
+        )
     for dim in shape:
         if dim <= 0:
             raise InvalidInput(
@@ -112,10 +119,23 @@ def _decode_tensor(tensor: Any, raw: bytes | None) -> np.ndarray:
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    return np.array(values, dtype=dtype).reshape(shape)
+    try:
+        return np.array(values, dtype=dtype).reshape(shape)
+    except OverflowError as exc:  # e.g. 300 in int_contents for INT8
+        raise InvalidInput(
+            f"input '{name}': contents.{field} holds a value out of range for {datatype} "
+            f"({exc})"
+        ) from exc
 
 
 def _decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
+    # Every element takes at least its 4-byte length prefix: checked before allocating,
+    # so a tiny request claiming a huge shape cannot make us allocate count pointers.
+    if count * _LEN.size > len(raw):
+        raise InvalidInput(
+            f"input '{name}': raw BYTES content has {len(raw)} bytes, too few for {count} "
+            f"elements of at least {_LEN.size} bytes each"
+        )
     items = np.empty(count, dtype=object)
     offset = 0
     view = memoryview(raw)

@@ -13,7 +13,7 @@ import grpc
 from gateway import __version__
 from gateway.auth import TokenAuthority
 from gateway.dataplane import DataPlane
-from gateway.errors import InvalidInput, ModelNotFound, PermissionDenied
+from gateway.errors import InvalidInput, ModelNotFound, PermissionDenied, ShuttingDown
 from gateway.ids import RequestIds
 from gateway.model_manager import ModelManager, ServedModel
 from gateway.pb import grpc_service_pb2 as pb
@@ -27,6 +27,7 @@ SERVER_NAME = "inference-gateway"
 EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
 PLATFORM = "onnxruntime_onnx"
 access_log = logging.getLogger("gateway.access")
+SHUTTING_DOWN = "the gateway is shutting down: send the request to another replica"
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -55,6 +56,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._access_sample = access_log_sample
         self._rng = rng or random.Random()
         self._metadata_keys = frozenset(metadata_keys)
+        self._draining = False
+
+    def drain(self) -> None:
+        """Refuse every inference from now on with UNAVAILABLE (safe to retry elsewhere);
+        those already running finish. The first step of the app's stop."""
+        self._draining = True
 
     def _metadata(self, context: Any) -> dict[str, str] | None:
         keys = self._metadata_keys
@@ -166,6 +173,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         deadline = None if remaining is None else time.monotonic() + remaining
         metadata = self._metadata(context) if self._metadata_keys else None
         try:
+            if self._draining:
+                raise ShuttingDown(SHUTTING_DOWN)
             response = await self._dp.infer(decode_request(request, deadline), started,
                                             metadata, _routing_header(context))
         except Exception as exc:
@@ -201,6 +210,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if not request.id:
                 request.id = self._ids.next()
             try:
+                if self._draining:
+                    raise ShuttingDown(SHUTTING_DOWN)
                 response = await self._dp.infer(decode_request(request, deadline), started,
                                                 metadata, routing_header)
                 yield pb.ModelStreamInferResponse(infer_response=encode_response(response))

@@ -37,6 +37,10 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (lc.StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
 )
 _CACHE: dict[type[BaseException], grpc.StatusCode | None] = {}
+# Messages echo what the client sent (names, ids), and travel in the trailers, percent-
+# encoded (up to 3 characters a byte): clients refuse trailers over 8 KiB (grpc's soft
+# limit, at random) or 16 KiB and report RESOURCE_EXHAUSTED instead of the real status.
+MAX_MESSAGE_BYTES = 2048
 
 
 def _lookup(exc: BaseException) -> grpc.StatusCode | None:
@@ -55,9 +59,16 @@ def status_name(exc: BaseException) -> str:
 
 
 def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCode, str]:
+    """The status and message of ``exc``; the message cut to ``MAX_MESSAGE_BYTES``."""
     code = _lookup(exc)
     if code is None:
         log.error("unexpected error", exc_info=exc, extra={
             "event": "internal_error", "request_id": request_id})
         return grpc.StatusCode.INTERNAL, "internal error"
-    return code, str(exc)
+    message = str(exc)
+    if len(message) > MAX_MESSAGE_BYTES // 4:
+        data = message.encode()
+        if len(data) > MAX_MESSAGE_BYTES:
+            message = (data[:MAX_MESSAGE_BYTES].decode(errors="ignore")
+                       + f"... ({len(data)} bytes in all)")
+    return code, message

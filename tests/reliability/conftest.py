@@ -1,0 +1,73 @@
+"""Fixtures of the reliability suite: live gateways (in this process, or ``gateway serve``
+children) and the few helpers every scenario shares."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import pytest
+
+from gateway.settings import load_settings
+from tests.conftest import DATATYPES, write_config
+from tests.support.inprocess import InProcessGateway
+
+T = TypeVar("T")
+OPERATOR_TOKEN = "ops-secret"
+READER_TOKEN = "viewer-secret"
+AUTH_CONFIG = f"""
+[auth.tokens.ops]
+token = "{OPERATOR_TOKEN}"
+role = "operator"
+
+[auth.tokens.viewer]
+token = "{READER_TOKEN}"
+role = "reader"
+"""
+OPERATOR = (("authorization", f"Bearer {OPERATOR_TOKEN}"),)
+READER = (("authorization", f"Bearer {READER_TOKEN}"),)
+MAX_MESSAGE_BYTES = 1 << 20
+# Every model a fuzzed request may aim at. Not ``fails``: its model raises inside
+# onnxruntime on purpose, which is INTERNAL by design (tests/gateway covers it).
+FUZZ_MODELS = ("logreg", "two_out", "fixed", *(f"id_{dt.lower()}" for dt in DATATYPES))
+
+
+def eventually(probe: Callable[[], T], timeout: float = 30, what: str = "condition") -> T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        time.sleep(0.01)
+
+
+def in_process(root: Path, models: dict[str, Path], extra: str = "",
+               env: dict[str, str] | None = None) -> InProcessGateway:
+    config = write_config(root / "gateway.toml", models, extra)
+    settings = load_settings(config, env=env or {}, overrides={
+        "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": root / "data"})
+    return InProcessGateway(settings).start()
+
+
+@pytest.fixture(scope="module")
+def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory,
+                 model_files: dict[str, Path]) -> Iterator[InProcessGateway]:
+    """One in-process gateway serving the fuzz targets, with a 1 MiB message limit so an
+    oversize request is cheap to build."""
+    root = tmp_path_factory.mktemp("fuzz")
+    server = in_process(root, {name: model_files[name] for name in FUZZ_MODELS},
+                        f"[server]\nmax_message_bytes = {MAX_MESSAGE_BYTES}\n" + AUTH_CONFIG)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fuzz_channel(fuzz_gateway: InProcessGateway) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(fuzz_gateway.grpc_address) as channel:
+        yield channel
