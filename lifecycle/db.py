@@ -32,6 +32,7 @@ after the other. Database errors become domain errors at this boundary:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -290,6 +291,9 @@ class Database:
         self.engine.dispose()
 
 
+MIGRATION_WAIT_S = 120.0
+
+
 def migrate(engine: Engine) -> None:
     """Upgrade the schema to the newest revision; idempotent, safe at every start.
 
@@ -306,10 +310,21 @@ def migrate(engine: Engine) -> None:
     runner = engine
     if _is_sqlite(engine):
         runner = engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
-    with translate_errors(), runner.begin() as connection:
-        lock_for_migration(connection)
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    deadline = time.monotonic() + MIGRATION_WAIT_S
+    while True:
+        try:
+            with translate_errors(), runner.begin() as connection:
+                lock_for_migration(connection)
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+            return
+        except StorageUnavailable as err:
+            # SQLite's busy timeout is shorter than a migration on a busy machine: a
+            # process that found another migrating waits for it, up to MIGRATION_WAIT_S.
+            if not (_is_sqlite(engine) and "locked" in str(err)
+                    and time.monotonic() < deadline):
+                raise
+            time.sleep(0.2)
 
 
 def lock_for_migration(connection: Connection) -> None:
