@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -139,15 +137,3 @@ class AliasDeployer:
     def serving_state(self, model: str) -> ServingState:
         aliases = self.registry.get_aliases(model)
         return ServingState(model, production=aliases.get(PRODUCTION))
-
-
-def eventually(condition: Callable[[], Any], timeout_s: float = 20.0) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(0.05)

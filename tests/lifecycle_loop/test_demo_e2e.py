@@ -7,10 +7,8 @@ After each scenario the gateway's own records are read back from its database.""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -23,6 +21,7 @@ from lifecycle.domain import PRODUCTION
 from lifecycle.registry import Registry
 from lifecycle.runs import RunStore
 from tests.admin.cli_support import gateway_cli, ok
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 STEPS = ["snapshot", "train", "convert", "evaluate", "gates", "register", "deploy"]
@@ -36,18 +35,9 @@ def open_database(data_dir: Path) -> Database:
     return Database(make_engine(f"sqlite:///{data_dir / 'gateway.db'}"))
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: Any) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s:g} s")
-        time.sleep(0.2)
-    return value
-
-
 def labels_in_phase(traffic: Traffic, count: int, phase: str) -> None:
     start = traffic.labels_sent
-    wait_for(lambda: traffic.labels_sent - start >= count, 60, f"{count} labels in {phase}")
+    wait_until(lambda: traffic.labels_sent - start >= count, 60, f"{count} labels in {phase}")
 
 
 @pytest.mark.parametrize("trigger", ["drift", "quality_drop"])
@@ -130,16 +120,16 @@ def test_a_worse_candidate_never_reaches_production(
         run = watcher.call("Retrain", apb.RetrainRequest(model="fraud")).id
         # The labels are right again once the snapshot is taken, before the candidate
         # serves a single request.
-        wait_for(lambda: any(s.name == "snapshot" and s.status == "succeeded" for s in
+        wait_until(lambda: any(s.name == "snapshot" and s.status == "succeeded" for s in
                              watcher.call("GetRun", apb.GetRunRequest(id=run)).steps),
                  60, "the snapshot of run 2")
         traffic.poison = False
-        shipped = wait_for(lambda: (r := watcher.call("GetRun", apb.GetRunRequest(id=run))
+        shipped = wait_until(lambda: (r := watcher.call("GetRun", apb.GetRunRequest(id=run))
                                     ).status not in ("queued", "running") and r, 120,
                            "run 2 ended")
         assert (shipped.status, shipped.outcome, shipped.candidate_version) == (
             "succeeded", "canary", 3)
-        wait_for(lambda: 3 in watcher.rejected, 60,
+        wait_until(lambda: 3 in watcher.rejected, 60,
                  f"the canary of version 3 aborted; seen: {seen}")
     finally:
         traffic.stop()

@@ -21,8 +21,8 @@ from lifecycle.runs import RunStore
 from tests.admin.cli_support import failed, gateway_cli, ok
 from tests.admin.helpers import Admin
 from tests.lifecycle_loop.estimators import CRASH_FLAG_ENV, SLEEP_ENV
-from tests.lifecycle_loop.helpers import eventually
 from tests.support.inprocess import InProcessGateway
+from tests.support.waiting import wait_until
 
 OPERATOR, READER = "ops-secret", "viewer-secret"
 AUTH = f"""
@@ -78,10 +78,10 @@ def labelled_traffic(gateway: InProcessGateway, admin: Admin, rows: int) -> None
     with grpc.insecure_channel(gateway.grpc_address) as channel:
         traffic = Traffic(channel, rate=400, label_share=1.0, label_delay_s=0.0,
                           prefix=f"t{time.monotonic_ns()}").start()
-        eventually(lambda: len(traffic.snapshot()) >= rows, 30)
+        wait_until(lambda: len(traffic.snapshot()) >= rows, 30)
         traffic.stop()
         assert not traffic.failures and traffic.labels_rejected == 0
-    eventually(lambda: len(list(admin.call("QueryRequests", apb.QueryRequestsRequest(
+    wait_until(lambda: len(list(admin.call("QueryRequests", apb.QueryRequestsRequest(
         model="fraud", has_feedback=True, omit_payload=True)))) >= rows, 30)
 
 
@@ -142,7 +142,7 @@ def test_a_retrain_without_labelled_data_fails_with_the_reason(admin: Admin) -> 
     # Retrain returns once the run is recorded; an empty snapshot may already have failed it.
     assert run.status in ("queued", "running", "failed")
     assert (run.trigger, run.reason, run.actor) == ("manual", "just checking", "ops")
-    done = eventually(lambda: (r := admin.call("GetRun", apb.GetRunRequest(id=run.id))
+    done = wait_until(lambda: (r := admin.call("GetRun", apb.GetRunRequest(id=run.id))
                                ).status not in ("queued", "running") and r)
     assert done.status == "failed"
     assert done.error.startswith("snapshot: the dataset is empty")
@@ -230,7 +230,7 @@ def test_a_stop_cancels_a_training_run_and_triggers_survive_a_restart(
             assert admin.call("SetTriggers", request).revision == 2
             labelled_traffic(server, admin, 150)
             run = admin.call("Retrain", apb.RetrainRequest(model="fraud"))
-            eventually(lambda: any(s.name == "train" for s in admin.call(
+            wait_until(lambda: any(s.name == "train" for s in admin.call(
                 "GetRun", apb.GetRunRequest(id=run.id)).steps), 30)
             assert code_of(lambda: admin.call("Retrain", apb.RetrainRequest(model="fraud"))
                            ) == grpc.StatusCode.ABORTED
@@ -274,7 +274,7 @@ def test_a_crashing_trainer_fails_its_run_while_serving_goes_on(
             traffic = Traffic(channel, rate=200, label_share=0.0, prefix="during").start()
             try:
                 def finished(run_id: int) -> apb.Run:
-                    return eventually(lambda: (r := admin.call("GetRun", apb.GetRunRequest(
+                    return wait_until(lambda: (r := admin.call("GetRun", apb.GetRunRequest(
                         id=run_id))).status not in ("queued", "running") and r, 60)
 
                 crashed = finished(admin.call("Retrain", apb.RetrainRequest(model="fraud")).id)

@@ -21,9 +21,10 @@ from lifecycle.synthetic import FraudGenerator
 from lifecycle.triggers import register_bootstrap_dataset
 from tests.lifecycle_loop.conftest import TEST_ESTIMATORS, Loop
 from tests.lifecycle_loop.estimators import CRASH_FLAG_ENV, SLEEP_ENV
-from tests.lifecycle_loop.helpers import MODEL, eventually, log_traffic
+from tests.lifecycle_loop.helpers import MODEL, log_traffic
 from tests.lifecycle_loop.test_failures import training_children
 from tests.lifecycle_loop.test_pipeline import config, log_shifted
+from tests.support.waiting import wait_until
 
 Make = Callable[..., LifecycleScheduler]
 
@@ -58,7 +59,7 @@ def test_a_manual_run_holds_the_models_slot_until_it_ends(
     scheduler.start()
     run_id = scheduler.run_now(MODEL, reason="operator asked", actor="alice")
 
-    eventually(lambda: (loop.runs.get(run_id).step("train") or None))
+    wait_until(lambda: (loop.runs.get(run_id).step("train") or None))
     running = loop.runs.get(run_id)
     assert (running.status, running.trigger, running.reason, running.actor) == (
         "running", "manual", "operator asked", "alice")
@@ -110,7 +111,7 @@ def test_an_interval_trigger_starts_runs_with_its_reason(loop: Loop, make: Make)
         "triggers": triggers({"kind": "interval", "seconds": 0.3})}))
     scheduler.start()
 
-    runs = eventually(lambda: [r for r in loop.runs.list(MODEL) if not r.active][:2]
+    runs = wait_until(lambda: [r for r in loop.runs.list(MODEL) if not r.active][:2]
                       if len(loop.runs.list(MODEL, status="failed")) >= 2 else None)
     for run in runs:
         assert (run.trigger, run.reason, run.actor) == ("interval", "interval every 0.3 s",
@@ -134,7 +135,7 @@ def test_a_drift_trigger_job_starts_a_run_once_the_inputs_shift(
 
     X, _ = FraudGenerator(31, input_shift=1.0).sample(300)
     log_traffic(loop.requests, X, None, end_us=loop.clock.us())
-    run = eventually(lambda: loop.runs.last(MODEL))
+    run = wait_until(lambda: loop.runs.last(MODEL))
     assert run.trigger == "drift" and run.actor == "scheduler"
     assert run.reason.startswith("drift: psi > 0.2 on ")
     assert run.reason.endswith("vs training dataset 1 of version 1")
@@ -189,9 +190,9 @@ def test_trigger_changes_are_followed_while_running(loop: Loop, make: Make) -> N
 
     loop.triggers.set(MODEL, [TriggerSpec.from_json({"kind": "cron", "cron": "*/5 * * * *"})],
                       actor="alice")
-    eventually(lambda: [j for j in scheduler.jobs() if j.kind == "cron"])
+    wait_until(lambda: [j for j in scheduler.jobs() if j.kind == "cron"])
     loop.triggers.set(MODEL, [], actor="alice")
-    eventually(lambda: not [j for j in scheduler.jobs() if j.model])
+    wait_until(lambda: not [j for j in scheduler.jobs() if j.model])
     assert loop.triggers.get(MODEL) is not None
 
 
@@ -203,7 +204,7 @@ def test_the_retention_job_purges_the_request_log(loop: Loop, make: Make) -> Non
     scheduler = make(retention_s={MODEL: 3600.0})
     scheduler.start()
 
-    eventually(lambda: loop.requests.count(MODEL) == 10)
+    wait_until(lambda: loop.requests.count(MODEL) == 10)
     assert loop.requests.count(MODEL, has_feedback=True) == 10
     assert "purge" in {j.id for j in scheduler.jobs()}
 

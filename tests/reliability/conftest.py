@@ -3,8 +3,7 @@ children) and the few helpers every scenario shares."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -33,18 +32,6 @@ MAX_MESSAGE_BYTES = 1 << 20
 # Every model a fuzzed request may aim at. Not ``fails``: its model raises inside
 # onnxruntime on purpose, which is INTERNAL by design (tests/gateway covers it).
 FUZZ_MODELS = ("logreg", "two_out", "fixed", *(f"id_{dt.lower()}" for dt in DATATYPES))
-
-
-def eventually(probe: Callable[[], T], timeout: float = 30, what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(0.01)
 
 
 def in_process(root: Path, models: dict[str, Path], extra: str = "",

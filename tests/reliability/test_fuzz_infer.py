@@ -35,8 +35,9 @@ from gateway.pb import admin_pb2_grpc
 from gateway.pb import grpc_service_pb2 as pb
 from gateway.pb import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import DATATYPES
-from tests.reliability.conftest import FUZZ_MODELS, MAX_MESSAGE_BYTES, OPERATOR, eventually
+from tests.reliability.conftest import FUZZ_MODELS, MAX_MESSAGE_BYTES, OPERATOR
 from tests.support.inprocess import InProcessGateway
+from tests.support.waiting import wait_until
 
 ALLOWED = frozenset({
     grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
@@ -425,7 +426,7 @@ def test_malformed_unary_requests_get_proper_statuses_and_memory_stays_bounded(
     call(valid_request(marker))
     with grpc.insecure_channel(fuzz_gateway.admin_address) as admin_channel:
         admin = admin_pb2_grpc.AdminServiceStub(admin_channel)
-        eventually(lambda: any(r.request_id == marker for r in admin.QueryRequests(
+        wait_until(lambda: any(r.request_id == marker for r in admin.QueryRequests(
             apb.QueryRequestsRequest(model="logreg", omit_payload=True),
             metadata=OPERATOR, timeout=30)), what="the marker request in the request log")
 

@@ -28,11 +28,12 @@ from gateway.pb import admin_pb2 as apb
 from gateway.pb import admin_pb2_grpc
 from gateway.pb import grpc_service_pb2 as pb
 from tests import onnx_models
-from tests.reliability.conftest import AUTH_CONFIG, OPERATOR, eventually
+from tests.reliability.conftest import AUTH_CONFIG, OPERATOR
 from tests.reliability.support import ClosedLoad, journal_backlog, make_request
 from tests.request_log.conftest import database_locked
 from tests.request_log.gateway_support import metric, metrics
 from tests.support.subprocess_gateway import SubprocessGateway
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 FLUSH_INTERVAL_S = 0.05
@@ -165,7 +166,7 @@ def test_kill_9_under_load_and_admin_writes_then_restart_keeps_the_control_plane
         mover = AliasMover(Admin(gw.admin_address)).start()
         load.wait_for(lambda o: sum(x.code == grpc.StatusCode.OK for x in o) >= 300,
                       what="300 answered requests")
-        eventually(lambda: len(mover.acked) >= 20, 30, "20 alias moves")
+        wait_until(lambda: len(mover.acked) >= 20, 30, "20 alias moves")
         # The database goes away for the last stretch: those records live only in the
         # journal when the process dies, so the restart must replay them.
         with database_locked(data / "gateway.db"):
@@ -194,7 +195,7 @@ def test_kill_9_under_load_and_admin_writes_then_restart_keeps_the_control_plane
                 return (metric(samples, "gateway_request_log_backlog_bytes") == 0 and metric(
                     samples, "gateway_request_log_replayed_total", kind="request") >= pending)
 
-            eventually(replayed, 60, "the journal replayed")
+            wait_until(replayed, 60, "the journal replayed")
             after = control_state(admin)
             trail = events(admin)
             logged = list(admin.stub.QueryRequests(apb.QueryRequestsRequest(

@@ -40,10 +40,10 @@ from tests.reliability.conftest import (
     OPERATOR_TOKEN,
     READER,
     READER_TOKEN,
-    eventually,
     in_process,
 )
 from tests.support.inprocess import InProcessGateway
+from tests.support.waiting import wait_until
 
 ADMIN_SERVICE = apb.DESCRIPTOR.services_by_name["AdminService"]
 METHODS = [m.name for m in ADMIN_SERVICE.methods]
@@ -357,7 +357,7 @@ def test_pickles_are_refused_as_models_and_never_unpickled(
                                                metadata=READER, timeout=30)
                 if r.request_id == "pickle-tensor"]
 
-    records = eventually(logged, what="the pickle request in the request log")
+    records = wait_until(logged, what="the pickle request in the request log")
     assert payload in records[0].inputs[0].data
     assert not sentinel.exists()
 

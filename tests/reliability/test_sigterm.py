@@ -33,7 +33,7 @@ from gateway.pb import grpc_service_pb2_grpc as pb_grpc
 from gateway.rpc.inference_servicer import SHUTTING_DOWN
 from tests import onnx_models
 from tests.conftest import write_config
-from tests.reliability.conftest import AUTH_CONFIG, OPERATOR, eventually
+from tests.reliability.conftest import AUTH_CONFIG, OPERATOR
 from tests.reliability.support import (
     ClosedLoad,
     Outcome,
@@ -45,6 +45,7 @@ from tests.reliability.support import (
     spin_request,
 )
 from tests.support.subprocess_gateway import SubprocessGateway
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 GRACE_S = 5.0
@@ -98,7 +99,7 @@ def test_sigterm_under_load_drains_refuses_logs_and_exits_in_the_grace(
     try:
         load.wait_for(lambda outcomes: sum(o.code == OK for o in outcomes) >= 200,
                       what="200 answered requests")
-        eventually(lambda: watch.statuses, 10, "the first health status")
+        wait_until(lambda: watch.statuses, 10, "the first health status")
 
         def long_request() -> None:
             sent = time.monotonic()
@@ -116,7 +117,7 @@ def test_sigterm_under_load_drains_refuses_logs_and_exits_in_the_grace(
         held_thread.start()
         with grpc.insecure_channel(gw.admin_address) as channel:
             admin = admin_pb2_grpc.AdminServiceStub(channel)
-            eventually(lambda: admin.GetModel(apb.GetModelRequest(name="spin"),
+            wait_until(lambda: admin.GetModel(apb.GetModelRequest(name="spin"),
                                               metadata=OPERATOR, timeout=10).in_flight >= 1,
                        30, "the long request in flight")
         signalled = time.monotonic()
@@ -192,7 +193,7 @@ def test_held_streams_on_both_ports_cost_one_grace_not_two(
             messages(), timeout=60)
         assert not next(stream).error_message  # the stream is live
         watch.start()
-        eventually(lambda: watch.statuses, 10, "the admin health stream")
+        wait_until(lambda: watch.statuses, 10, "the admin health stream")
         signalled = time.monotonic()
         os.kill(gw.process.pid, signal.SIGTERM)
         returncode = gw.process.wait(4 * grace_s + 30)

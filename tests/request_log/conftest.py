@@ -6,7 +6,6 @@ and a factory of started engines that are stopped at teardown."""
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,15 +21,6 @@ from lifecycle.db import Database, make_engine, migrate
 from lifecycle.request_store import RequestStore
 
 BUSY_TIMEOUT_MS = 20
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.005)
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:

@@ -17,9 +17,9 @@ import pytest
 from gateway.cli.main import main
 from tests.admin.cli_support import failed, gateway_cli, ok
 from tests.conftest import write_config
-from tests.request_log.conftest import wait_until
 from tests.request_log.gateway_support import AUTH_CONFIG, TOKEN, Clients, features
 from tests.support.subprocess_gateway import SubprocessGateway
+from tests.support.waiting import wait_until
 
 N = 12
 pytestmark = pytest.mark.slow

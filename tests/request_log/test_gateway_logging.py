@@ -20,7 +20,7 @@ from gateway.rpc.request_log_converters import from_logged_request
 from gateway.settings import load_settings
 from lifecycle.request_export import training_set_from
 from tests.conftest import write_config
-from tests.request_log.conftest import database_locked, wait_until
+from tests.request_log.conftest import database_locked
 from tests.request_log.gateway_support import (
     AUTH_CONFIG,
     Clients,
@@ -32,6 +32,7 @@ from tests.request_log.gateway_support import (
     metrics,
 )
 from tests.support.inprocess import InProcessGateway
+from tests.support.waiting import wait_until
 
 MODELS = ("exact", "outage", "joins", "policy_off", "sampled", "small")
 JOIN_WINDOW_S = 1.0

@@ -18,9 +18,10 @@ import pytest
 from lifecycle.db import Database, make_engine
 from lifecycle.request_store import RequestStore
 from tests.conftest import write_config
-from tests.request_log.conftest import database_locked, wait_until
+from tests.request_log.conftest import database_locked
 from tests.request_log.gateway_support import AUTH_CONFIG, Clients, Load, metric, metrics
 from tests.support.subprocess_gateway import SubprocessGateway
+from tests.support.waiting import wait_until
 
 FLUSH_INTERVAL_S = 0.05
 SLACK_S = 0.5

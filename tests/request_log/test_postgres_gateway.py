@@ -6,7 +6,6 @@ load, no inference fails and every record lands exactly once."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from lifecycle.db import Database, make_engine
 from lifecycle.request_store import RequestStore
 from tests import onnx_models
 from tests.conftest import write_config
-from tests.request_log.conftest import wait_until
 from tests.request_log.gateway_support import (
     AUTH_CONFIG,
     Clients,
@@ -29,6 +27,7 @@ from tests.request_log.gateway_support import (
 )
 from tests.support.databases import PostgresServer, only
 from tests.support.inprocess import InProcessGateway
+from tests.support.waiting import wait_until
 
 pytestmark = only("postgresql")
 
@@ -86,10 +85,8 @@ def test_registry_serving_request_log_and_feedback_on_postgresql(
     change = clients.admin.Promote(apb.PromoteRequest(model="fraud", version=2),
                                    metadata=clients.auth, timeout=60)
     assert (change.previous_version, change.version) == (1, 2)
-    deadline = time.monotonic() + 30
-    while clients.infer("fraud", "probe", features(0)).model_version != "2":
-        assert time.monotonic() < deadline, "version 2 was not served within 30 s"
-        time.sleep(0.02)
+    wait_until(lambda: clients.infer("fraud", "probe", features(0)).model_version == "2", 30,
+               "version 2 served")
 
     sent = {f"pg-{i}": features(i, rows=1 + i % 2) for i in range(40)}
     answers = {rid: clients.infer("fraud", rid, x) for rid, x in sent.items()}

@@ -8,8 +8,6 @@ shadow — of a model seeded with ``logreg_like_model``.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +27,7 @@ from tests.onnx_models import IR_VERSION, OPSET
 from tests.support.inprocess import InProcessGateway
 
 __all__ = ["AUTH", "FAIL_VALUE", "N_FEATURES", "Clients", "gather_model", "start_gateway",
-           "features", "infer_request", "wait_for"]
+           "features", "infer_request"]
 
 N_FEATURES = 20
 AUTH = f'[auth.tokens.ops]\ntoken = "{OPERATOR_TOKEN}"\nrole = "operator"\n'
@@ -143,15 +141,3 @@ class Clients:
 
     def model(self, name: str) -> Any:
         return self.admin.model(name)
-
-
-def wait_for(probe: Callable[[], T | None], *, timeout: float, what: str,
-             interval: float = 0.05) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(interval)

@@ -4,7 +4,6 @@ warmed and swapped — without moving the alias again."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tests.admin.helpers import Admin
 from tests.conftest import write_config
 from tests.routing.serving_support import AUTH, features
 from tests.support.inprocess import InProcessGateway
+from tests.support.waiting import wait_until
 
 MODEL = "fraud"
 
@@ -34,10 +34,8 @@ def served_version(gateway: InProcessGateway) -> str:
 
 
 def wait_until_served(gateway: InProcessGateway, version: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (seen := served_version(gateway)) != version:
-        assert time.monotonic() < deadline, f"still serving {seen}, expected {version}"
-        time.sleep(0.1)
+    wait_until(lambda: served_version(gateway) == version, timeout_s,
+               f"version {version} served")
 
 
 @pytest.fixture

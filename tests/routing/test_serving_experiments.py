@@ -21,9 +21,9 @@ from tests.routing.serving_support import (
     infer_request,
     predicted,
     start_gateway,
-    wait_for,
 )
 from tests.support.inprocess import InProcessGateway
+from tests.support.waiting import wait_until
 
 MODELS = ("worse", "failing", "good", "bandit")
 EXTRA = """
@@ -102,7 +102,7 @@ def drive_until(clients: Clients, model: str, truth: Truth, done: Callable[
         sent += 40
         return None
 
-    return wait_for(probe, timeout=timeout, what=f"the canary of {model} to finish",
+    return wait_until(probe, timeout=timeout, what=f"the canary of {model} to finish",
                     interval=0.0)
 
 
@@ -181,7 +181,7 @@ def test_a_bandit_converges_to_the_better_arm_through_feedback(clients: Clients)
         share = Counter(a.model_version for a in answers if a is not None)[str(better)] / 100
         return share if share >= 0.85 else None
 
-    wait_for(converged, timeout=45, what="the bandit to favour the better arm", interval=0.2)
+    wait_until(converged, timeout=45, what="the bandit to favour the better arm", interval=0.2)
     last = serve_and_label(clients, model, sent, 300, truth)
     picks = Counter(a.model_version for a in last if a is not None)
     assert sum(picks.values()) == 300

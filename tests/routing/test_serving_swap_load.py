@@ -26,9 +26,9 @@ from tests.routing.serving_support import (
     gather_model,
     infer_request,
     start_gateway,
-    wait_for,
 )
 from tests.support.inprocess import InProcessGateway
+from tests.support.waiting import wait_until
 
 MODELS = ("swapped", "candidates", "flipflop", "shadowed")
 
@@ -138,14 +138,15 @@ def test_swaps_under_load_fail_nothing_and_serve_only_allowed_versions(
         for label, change, versions in changes:
             # Let some traffic see the current state before changing it.
             floor = load.count() + 150
-            wait_for(lambda f=floor: load.count() >= f, timeout=30, what=f"traffic before {label}")
+            wait_until(lambda f=floor: load.count() >= f, timeout=30,
+                       what=f"traffic before {label}")
             begun = time.monotonic()
             change()
             ended = time.monotonic()
             timeline[-1] = Allowed(timeline[-1].versions, timeline[-1].start, ended)
             timeline.append(Allowed(frozenset(map(str, versions)), begun))
         floor = load.count() + 150
-        wait_for(lambda: load.count() >= floor, timeout=30, what="traffic after the last change")
+        wait_until(lambda: load.count() >= floor, timeout=30, what="traffic after the last change")
         elapsed = time.monotonic() - started
     answers = load.answers
     failed = [a for a in answers if a.error]
@@ -243,7 +244,7 @@ def test_a_failing_shadow_never_fails_or_changes_the_callers_answer(
         return arm if arm.mirrored + arm.dropped >= n and arm.shadow_failed >= arm.mirrored \
             else None
 
-    arm = wait_for(shadow_done, timeout=30, what="every shadow copy to run")
+    arm = wait_until(shadow_done, timeout=30, what="every shadow copy to run")
     assert arm.version == broken and arm.mirrored > 0 and arm.shadow_failed == arm.mirrored
     assert not arm.has_agreement
     primary = next(a for a in clients.traffic(model).arms if not a.shadow)

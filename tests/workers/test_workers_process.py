@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -31,6 +31,7 @@ from lifecycle.request_store import RequestStore
 from tests.conftest import write_config
 from tests.request_log.gateway_support import metric, metrics
 from tests.support.subprocess_gateway import SubprocessGateway
+from tests.support.waiting import wait_until
 
 TOKEN = "ops-secret"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -38,14 +39,6 @@ CONFIG = (f'[auth.tokens.ops]\ntoken = "{TOKEN}"\nrole = "operator"\n'
           "[traffic]\npolicy_sync_s = 0.2\n"
           "[request_log]\nflush_interval_ms = 50\nstop_timeout_s = 5\n")
 CHANNELS = 32  # all on one worker by chance: 2 in 2**32
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.02)
 
 
 def workers_gateway(config: Path, data: Path, *extra: str) -> SubprocessGateway:
