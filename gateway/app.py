@@ -58,6 +58,8 @@ from gateway.traffic_service import TrafficService
 from lifecycle.artifacts import ArtifactStore
 from lifecycle.canary import CanaryController
 from lifecycle.db import Database, make_engine, migrate
+from lifecycle.errors import StorageUnavailable
+from lifecycle.leases import Lease, LeaseKeeper
 from lifecycle.live_stats import BanditRewarder, RequestLogArmStats
 from lifecycle.policies import PolicyStore
 from lifecycle.registry import Registry
@@ -97,6 +99,7 @@ class GatewayApp:
         self.arm_stats = ArmStatsBook()
         self.shadows: ShadowRunner | None = None
         self._canary: CanaryController | None = None
+        self._lease: LeaseKeeper | None = None
 
     def is_ready(self) -> bool:
         return self._ready
@@ -108,6 +111,11 @@ class GatewayApp:
         engine = make_engine(settings.effective_database_url)
         await loop.run_in_executor(self._db_pool, migrate, engine)
         self.database = Database(engine)
+        if settings.leader:
+            self._lease = LeaseKeeper(
+                Lease(self.database, replica=settings.effective_replica_id,
+                      lease_s=settings.lifecycle.leader_lease_s),
+                on_elected=self._elected)
         registry = Registry(self.database)
         artifacts = ArtifactStore(settings.effective_artifacts_dir)
         await loop.run_in_executor(self._load_pool, seed_models, settings, registry, artifacts)
@@ -211,10 +219,12 @@ class GatewayApp:
         policies = PolicyStore(self.database)
         self._canary = CanaryController(policies, registry, RequestLogArmStats(self._requests),
                                         self.manager, actor="canary", executor=self._db_pool)
+        lease = self._lease
         loops = ExperimentLoops(
             manager=self.manager, canary=self._canary,
             rewarder=BanditRewarder(self._requests, policies), executor=self._db_pool,
-            canary_tick_s=traffic.canary_tick_s, bandit_update_s=traffic.bandit_update_s)
+            canary_tick_s=traffic.canary_tick_s, bandit_update_s=traffic.bandit_update_s,
+            leading=(lambda: True) if lease is None else (lambda: lease.lease.leader))
         if self.settings.leader:
             # They write the policies every worker follows: one process runs them.
             self._spawn(loops.run_canaries())
@@ -229,8 +239,18 @@ class GatewayApp:
         self.lifecycle = build_lifecycle(
             self.settings, database=self.database, registry=registry, artifacts=artifacts,
             requests=self._requests, policies=PolicyStore(self.database),
-            deployer=self.manager, loop=loop, executor=self._db_pool, canary=self._canary)
+            deployer=self.manager, loop=loop, executor=self._db_pool, canary=self._canary,
+            lease=None if self._lease is None else self._lease.lease)
+        if self._lease is not None:
+            # Its first round before the scheduler starts: a lone gateway leads at once.
+            await loop.run_in_executor(None, self._lease.start)
         await loop.run_in_executor(None, self.lifecycle.start)
+
+    def _elected(self, epoch: int) -> None:
+        """On the lease's thread: this replica now leads the control loops."""
+        lifecycle = self.lifecycle
+        if lifecycle is not None and lifecycle.scheduler is not None:
+            lifecycle.scheduler.on_elected(epoch)
 
     async def _start_admin(self, registry: Registry, artifacts: ArtifactStore,
                            authority: TokenAuthority) -> None:
@@ -275,6 +295,9 @@ class GatewayApp:
             try:
                 await self.manager.sync_aliases()
                 await self.manager.sync_policies()
+            except StorageUnavailable as exc:
+                log.warning("policy sync failed", extra={"event": "policy_sync_failed",
+                                                         "reason": str(exc)})
             except Exception:
                 log.exception("policy sync failed", extra={"event": "policy_sync_failed"})
 
@@ -298,6 +321,9 @@ class GatewayApp:
             # In an executor: a run may be waiting on this loop (a promotion) before it
             # can see the cancel.
             await asyncio.get_running_loop().run_in_executor(None, self.lifecycle.stop)
+        if self._lease is not None:
+            # Released, so another replica takes the control loops over at once.
+            await asyncio.get_running_loop().run_in_executor(None, self._lease.stop)
         grace = self.settings.shutdown_grace_s
         deadline = time.monotonic() + grace
         for health in (self._admin_health, self._health):

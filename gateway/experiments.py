@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from gateway.model_manager import ModelManager
 from lifecycle.canary import CanaryController
+from lifecycle.errors import StorageUnavailable
 from lifecycle.live_stats import BanditRewarder
 
 __all__ = ["ExperimentLoops"]
@@ -27,7 +28,10 @@ def _utc_now() -> datetime:
 class ExperimentLoops:
     def __init__(self, *, manager: ModelManager, canary: CanaryController,
                  rewarder: BanditRewarder, executor: Executor, canary_tick_s: float,
-                 bandit_update_s: float, clock: Callable[[], datetime] = _utc_now) -> None:
+                 bandit_update_s: float, clock: Callable[[], datetime] = _utc_now,
+                 leading: Callable[[], bool] = lambda: True) -> None:
+        """``leading``: whether this process holds the control lease; the loops write
+        the policies every replica follows, so only the leader ticks them."""
         self._manager = manager
         self._canary = canary
         self._rewarder = rewarder
@@ -35,6 +39,7 @@ class ExperimentLoops:
         self._canary_tick_s = canary_tick_s
         self._bandit_update_s = bandit_update_s
         self._clock = clock
+        self._leading = leading
 
     async def tick_canaries_once(self) -> None:
         outcomes = await self._canary.tick(self._clock())
@@ -51,15 +56,25 @@ class ExperimentLoops:
         """Until cancelled: one tick every ``canary_tick_s``."""
         while True:
             await asyncio.sleep(self._canary_tick_s)
+            if not self._leading():
+                continue
             try:
                 await self.tick_canaries_once()
+            except StorageUnavailable as exc:  # retried next tick: no traceback per tick
+                log.warning("canary tick failed", extra={"event": "canary_tick_failed",
+                                                         "reason": str(exc)})
             except Exception:
                 log.exception("canary tick failed", extra={"event": "canary_tick_failed"})
 
     async def run_bandits(self) -> None:
         while True:
             await asyncio.sleep(self._bandit_update_s)
+            if not self._leading():
+                continue
             try:
                 await self.update_bandits_once()
+            except StorageUnavailable as exc:
+                log.warning("bandit update failed", extra={"event": "bandit_update_failed",
+                                                           "reason": str(exc)})
             except Exception:
                 log.exception("bandit update failed", extra={"event": "bandit_update_failed"})

@@ -29,6 +29,7 @@ from lifecycle.datasets import DatasetStore
 from lifecycle.db import Database
 from lifecycle.deployer import Deployer
 from lifecycle.errors import LifecycleError
+from lifecycle.leases import Lease
 from lifecycle.loop_config import LifecycleConfig
 from lifecycle.loop_service import LoopService
 from lifecycle.pipeline import Retrainer
@@ -98,10 +99,12 @@ def build_lifecycle(
     settings: Settings, *, database: Database, registry: Registry, artifacts: ArtifactStore,
     requests: RequestStore, policies: PolicyStore, deployer: Deployer,
     canary: CanaryController, loop: asyncio.AbstractEventLoop, executor: Executor,
+    lease: Lease | None = None,
 ) -> LifecycleRuntime:
     """Compose the loop from the app's parts (see the module docstring): ``deployer`` is
     the model manager, ``canary`` the app's (ticked) canary controller, ``loop`` the
-    serving loop, ``executor`` where the facade's database calls run."""
+    serving loop, ``executor`` where the facade's database calls run, ``lease`` the
+    control lease among replicas (runs execute only on its holder, fenced by it)."""
     loop_settings = settings.lifecycle
     configs = {m.name: m.lifecycle for m in settings.models if m.lifecycle is not None}
     runs = RunStore(database)
@@ -121,7 +124,7 @@ def build_lifecycle(
                       nice=loop_settings.nice, cpu_share=loop_settings.train_cpu_share)
     retrainer = Retrainer(registry=registry, artifacts=artifacts, datasets=datasets,
                           runs=runs, requests=requests, trainer=trainer, rollout=rollout,
-                          clock=_utc_now)
+                          clock=_utc_now, fence=None if lease is None else lease.check)
     checker = TriggerChecker(registry=registry, requests=requests, runs=runs,
                              datasets=datasets, clock=_utc_now)
     retention = {}
@@ -133,7 +136,7 @@ def build_lifecycle(
         requests=requests, configs=configs, clock=_utc_now, poll_s=loop_settings.poll_s,
         retention_s=retention, purge_every_s=loop_settings.purge_every_s,
         stale_after_s=loop_settings.stale_after_s, sweep_every_s=loop_settings.sweep_every_s,
-        max_concurrent_runs=loop_settings.max_concurrent_runs)
+        max_concurrent_runs=loop_settings.max_concurrent_runs, lease=lease)
     service = LoopService(registry=registry, runs=runs, datasets=datasets, triggers=triggers,
                           configs=configs, scheduler=scheduler, executor=executor)
     return LifecycleRuntime(service, configs, registry, datasets, scheduler)

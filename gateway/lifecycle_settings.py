@@ -43,7 +43,9 @@ class LoopSettings:
     ``stale_after_s``/``sweep_every_s``: a run whose heartbeat stopped that long is
     failed, checked that often; ``purge_every_s``: the request-log
     retention purge; ``promote_timeout_s``: the longest a promotion or canary start may take;
-    ``allowed_estimators``: dotted-path prefixes an estimator must start with.
+    ``allowed_estimators``: dotted-path prefixes an estimator must start with;
+    ``leader_lease_s``: the control lease between replicas on one database
+    (``lifecycle.leases``): renewed every quarter of it, taken over after it lapses.
     """
 
     enabled: bool | None = None
@@ -56,10 +58,12 @@ class LoopSettings:
     sweep_every_s: float = 15.0
     purge_every_s: float = 3600.0
     promote_timeout_s: float = 300.0
+    leader_lease_s: float = 10.0
     allowed_estimators: tuple[str, ...] = ("sklearn.",)
 
 
-_NUMBERS = ("poll_s", "stale_after_s", "sweep_every_s", "purge_every_s", "promote_timeout_s")
+_NUMBERS = ("poll_s", "stale_after_s", "sweep_every_s", "purge_every_s", "promote_timeout_s",
+            "leader_lease_s")
 
 
 def parse_loop_settings(table: Mapping[str, Any], base_dir: Path) -> LoopSettings:

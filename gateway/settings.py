@@ -8,6 +8,7 @@ keys, wrong types and impossible values raise ``ConfigError`` naming file, key a
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -180,6 +181,7 @@ class Settings:
     shutdown_grace_s: float = 5.0
     workers: int = 1
     port_file: Path | None = None
+    replica_id: str | None = None
     database_url: str | None = None
     artifacts_dir: Path | None = None
     tokens: tuple[TokenSettings, ...] = ()
@@ -205,6 +207,14 @@ class Settings:
         if self.lifecycle.enabled is not None:
             return self.lifecycle.enabled
         return any(m.lifecycle is not None for m in self.models)
+
+    @property
+    def effective_replica_id(self) -> str:
+        """This process among the replicas and workers sharing the database: ``[server]
+        replica_id`` (default ``host:pid``), with ``/w<i>`` for worker ``i`` of a
+        ``--workers`` gateway."""
+        base = self.replica_id or f"{socket.gethostname()}:{os.getpid()}"
+        return base if self.worker is None else f"{base}/w{self.worker.index}"
 
     @property
     def effective_database_url(self) -> str:
@@ -357,6 +367,7 @@ def _parse(source: str, raw: Mapping[str, Any], base_dir: Path) -> Settings:
         uvloop=server.get("uvloop", bool, False),
         shutdown_grace_s=server.positive("shutdown_grace_s", float, 5.0, allow_zero=True),
         workers=server.positive("workers", int, 1),
+        replica_id=_replica_id(server),
         database_url=database.get("url", str, None),
         artifacts_dir=path_of(artifacts, "root"),
         tokens=_parse_tokens(source, auth),
@@ -387,6 +398,13 @@ def _parse(source: str, raw: Mapping[str, Any], base_dir: Path) -> Settings:
     if (settings.tls.cert is None) != (settings.tls.key is None):
         raise ConfigError(source, "tls", "cert and key must be given together")
     return settings
+
+
+def _replica_id(reader: _Reader) -> str | None:
+    value = reader.get("replica_id", str, None)
+    if value is not None and not 0 < len(value) <= 120:
+        raise reader.fail("replica_id", f"expected 1 to 120 characters, got {len(value)}")
+    return value
 
 
 def _fraction(reader: _Reader, name: str, default: float) -> float:

@@ -87,15 +87,17 @@ __all__ = [
     "dataset_link_table",
     "dataset_table",
     "feedback_table",
+    "lease_table",
     "lock_for_migration",
     "make_engine",
     "migrate",
+    "replica_table",
     "request_log_table",
     "run_step_table",
     "run_table",
     "traffic_policy_table",
-    "trigger_table",
     "translate_errors",
+    "trigger_table",
 ]
 
 BUSY_TIMEOUT_MS = 5000
@@ -617,6 +619,8 @@ run_table = Table(
     Column("started_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=True),
     Column("heartbeat_at", UTCDateTime, nullable=False),
+    Column("epoch", Integer, nullable=True),
+    Column("replica", String(200), nullable=True),
     CheckConstraint(
         "status IN ('queued', 'running', 'succeeded', 'rejected', 'failed')",
         name="ck_runs_status",
@@ -699,4 +703,32 @@ trigger_table = Table(
     Column("revision", Integer, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("actor", String(128), nullable=False),
+)
+
+
+# ------------------------------------------------------------------------- replicas
+# Used only by ``lifecycle.leases`` and ``lifecycle.replicas``.
+
+lease_table = Table(
+    "leases",
+    Base.metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("beat", BigInteger, nullable=False),
+    Column("acquired_at", UTCDateTime, nullable=False),
+    Column("renewed_at", UTCDateTime, nullable=False),
+)
+
+replica_table = Table(
+    "replicas",
+    Base.metadata,
+    Column("id", String(200), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("serving", JSON, nullable=False),
 )

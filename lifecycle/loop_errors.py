@@ -36,6 +36,7 @@ __all__ = [
     "DeployFailed",
     "LifecycleConfigError",
     "LifecycleNotConfigured",
+    "NotLeader",
     "ParityFailed",
     "RunCancelled",
     "RunFailure",
@@ -105,6 +106,11 @@ class RunCancelled(RunFailure):
 
 class DeployFailed(RunFailure):
     step = "deploy"
+
+
+class NotLeader(RunFailure):
+    """This replica does not (or no longer) hold the control lease: a run stops at its
+    next step rather than register or promote under a stale epoch."""
 
 
 class RunNotFound(NotFoundError):

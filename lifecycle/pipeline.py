@@ -98,16 +98,24 @@ class _Step:
 
 
 class _Recorder:
-    def __init__(self, runs: RunStore, run_id: int, cancel: threading.Event) -> None:
+    def __init__(self, runs: RunStore, run_id: int, cancel: threading.Event,
+                 fence: Callable[[], object] | None) -> None:
         self.runs = runs
         self.run_id = run_id
         self.cancel = cancel
+        self.fence = fence
         self._beat = time.monotonic()
 
     @contextmanager
     def step(self, name: str, **params: Any) -> Iterator[_Step]:
         if self.cancel.is_set():
             raise RunCancelled(f"cancelled before step {name}: the scheduler is stopping")
+        if self.fence is not None:
+            try:
+                self.fence()
+            except RunFailure as exc:
+                exc.step = name
+                raise
         position = self.runs.begin_step(self.run_id, name, {"params": params})
         started = time.monotonic()
         step = _Step()
@@ -141,8 +149,11 @@ class Retrainer:
         self, *, registry: Registry, artifacts: ArtifactStore, datasets: DatasetStore,
         runs: RunStore, requests: RequestStore, trainer: Trainer, rollout: Rollout,
         clock: Callable[[], datetime], actor: str = "lifecycle",
-        code: dict[str, str] | None = None,
+        code: dict[str, str] | None = None, fence: Callable[[], object] | None = None,
     ) -> None:
+        """``fence``: raises ``NotLeader`` when this replica no longer leads (the lease's
+        ``check``); called before every step, so a deposed leader registers and promotes
+        nothing."""
         self._registry = registry
         self._artifacts = artifacts
         self._datasets = datasets
@@ -153,6 +164,7 @@ class Retrainer:
         self._clock = clock
         self._actor = actor
         self._code = code if code is not None else code_version()
+        self._fence = fence
 
     def execute(
         self, run_id: int, config: LifecycleConfig, *, cancel: threading.Event | None = None,
@@ -191,7 +203,7 @@ class Retrainer:
     def _pipeline(
         self, run: Run, config: LifecycleConfig, cancel: threading.Event,
     ) -> tuple[str, str, str]:
-        steps = _Recorder(self._runs, run.id, cancel)
+        steps = _Recorder(self._runs, run.id, cancel, self._fence)
         model = self._registry.get_model(run.model)
         champion = self._registry.get_aliases(model.name).get(PRODUCTION)
         with steps.step("snapshot", window_s=config.window_s,
@@ -333,9 +345,8 @@ class Retrainer:
             description=f"retrained by run {run.id} ({run.trigger})",
             metadata={"source": f"lifecycle:run:{run.id}", "lineage": lineage,
                       "params": {"estimator": config.estimator, **dict(config.params)},
-                      "metrics": candidate.flat(), "gates": report.to_json()})
-        if created:
-            self._datasets.link(model.name, version.version, int(dataset["id"]))
+                      "metrics": candidate.flat(), "gates": report.to_json()},
+            dataset_id=int(dataset["id"]))
         self._runs.update(run.id, candidate_version=version.version)
         return version.version, created
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from lifecycle.db import (
@@ -35,6 +35,7 @@ from lifecycle.db import (
     LoadRow,
     ModelRow,
     VersionRow,
+    dataset_link_table,
 )
 from lifecycle.domain import (
     PRODUCTION,
@@ -165,8 +166,11 @@ class Registry:
         metadata: dict[str, Any] | None = None,
         status: str = "registered",
         actor: str,
+        dataset_id: int | None = None,
     ) -> tuple[ModelVersion, bool]:
         """Register the artifact ``sha256`` as the model's next version; True when created.
+        ``dataset_id``: the dataset it was trained on, linked in the same transaction (a
+        version never exists without its lineage).
 
         Idempotent by content: if these bytes are already a version of ``model``,
         that version is returned unchanged with False. Numbers start at 1 and
@@ -207,6 +211,10 @@ class Registry:
                     )
                     s.add(row)
                     s.flush()
+                    if dataset_id is not None:
+                        s.execute(insert(dataset_link_table).values(
+                            model=model, version=row.version, dataset_id=dataset_id,
+                            created_at=row.created_at))
                     created = row.to_domain()
                     self._event(
                         s,

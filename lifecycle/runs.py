@@ -85,6 +85,8 @@ class Run:
     finished_at: datetime | None
     heartbeat_at: datetime
     steps: tuple[RunStep, ...] = ()
+    epoch: int | None = None
+    replica: str | None = None
 
     @property
     def active(self) -> bool:
@@ -107,9 +109,12 @@ class RunStore:
 
     def create(
         self, model: str, *, trigger: str, reason: str, actor: str,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None, epoch: int | None = None,
+        replica: str | None = None,
     ) -> Run:
-        """Claim the model's run slot: a new ``queued`` run, or ``RunInProgress``."""
+        """Claim the model's run slot: a new ``queued`` run, or ``RunInProgress``.
+        ``epoch``/``replica``: the leader that will execute it; None leaves it for the
+        leader to ``claim`` (a run asked for on another replica)."""
         if not trigger or not actor:
             raise InvalidArgument("a run needs a trigger and an actor")
         now = self._clock()
@@ -125,7 +130,7 @@ class RunStore:
                 result = s.execute(insert(run_table).values(
                     model=model, status="queued", trigger=trigger, reason=reason, actor=actor,
                     params=payload, metrics={}, outcome="", error="", created_at=now,
-                    heartbeat_at=now))
+                    heartbeat_at=now, epoch=epoch, replica=replica))
                 run_id = _inserted_id(result)
                 return _run(s.execute(select(run_table).where(_R.id == run_id)).mappings().one())
         except RunInProgress:
@@ -139,6 +144,33 @@ class RunStore:
         now = self._clock()
         return self._change(run_id, ("queued",), status="running", started_at=now,
                             heartbeat_at=now)
+
+    def claim(self, run_id: int, *, epoch: int, replica: str) -> Run:
+        """Take a queued run nobody executes yet for the leader of ``epoch``;
+        ``RunNotFound`` if it is not queued and unclaimed any more."""
+        return self._change(run_id, ("queued",), epoch=epoch, replica=replica,
+                            heartbeat_at=self._clock(), unclaimed=True)
+
+    def unclaimed(self) -> list[Run]:
+        """Queued runs no leader has claimed, oldest first."""
+        with self._db.read() as s:
+            return [_run(r) for r in s.execute(select(run_table).where(
+                _R.status == "queued", _R.epoch.is_(None)).order_by(_R.id)).mappings()]
+
+    def fail_orphaned(self, epoch: int, *, reason: str) -> list[Run]:
+        """Fail every active run executed under a leader epoch older than ``epoch`` (its
+        leader is gone); the runs as failed."""
+        now = self._clock()
+        with self._db.write() as s:
+            ids = [int(i) for i in s.scalars(select(_R.id).where(
+                _R.status.in_(ACTIVE_RUN_STATUSES), _R.epoch.is_not(None), _R.epoch < epoch))]
+            for run_id in ids:
+                _end_open_steps(s, run_id, now, reason)
+            if ids:
+                s.execute(update(run_table).where(_R.id.in_(ids)).values(
+                    status="failed", error=reason, finished_at=now, heartbeat_at=now))
+            return [_run(r) for r in s.execute(
+                select(run_table).where(_R.id.in_(ids)).order_by(_R.id)).mappings()]
 
     def heartbeat(self, run_id: int) -> None:
         """Mark an active run alive now (no-op on a finished one)."""
@@ -189,10 +221,13 @@ class RunStore:
                     status="failed", error=reason, finished_at=now, heartbeat_at=now))
             return ids
 
-    def _change(self, run_id: int, allowed: tuple[str, ...], **values: Any) -> Run:
+    def _change(self, run_id: int, allowed: tuple[str, ...], *, unclaimed: bool = False,
+                **values: Any) -> Run:
+        where = [_R.id == run_id, _R.status.in_(allowed)]
+        if unclaimed:
+            where.append(_R.epoch.is_(None))
         with self._db.write() as s:
-            result = s.execute(update(run_table).where(
-                _R.id == run_id, _R.status.in_(allowed)).values(**values))
+            result = s.execute(update(run_table).where(*where).values(**values))
             if _rowcount(result) != 1:
                 raise RunNotFound(run_id)
             return _run(s.execute(select(run_table).where(_R.id == run_id)).mappings().one())
@@ -284,7 +319,8 @@ def _run(row: RowMapping, steps: tuple[RunStep, ...] = ()) -> Run:
         dataset_id=row["dataset_id"], candidate_version=row["candidate_version"],
         champion_version=row["champion_version"], created_at=row["created_at"],
         started_at=row["started_at"], finished_at=row["finished_at"],
-        heartbeat_at=row["heartbeat_at"], steps=steps,
+        heartbeat_at=row["heartbeat_at"], steps=steps, epoch=row["epoch"],
+        replica=row["replica"],
     )
 
 

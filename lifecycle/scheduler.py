@@ -28,6 +28,14 @@ model's slot through the database's unique index, so a second trigger, a manual 
 or another process gets ``RunInProgress``. The trigger and the reason are recorded on
 the run. ``clock`` (injectable) stamps runs and drives trigger decisions; APScheduler's
 own timing is wall time.
+
+Replicas: with a ``lease`` (``lifecycle.leases``) every replica runs a scheduler but only
+the lease's holder acts — fires triggers, purges, fails stale runs and executes runs, each
+run recording the holder's epoch and replica. A manual retrain asked on a follower is
+queued unclaimed; the leader claims it at its next sync (or at once when elected), so it
+runs once wherever it was asked. When elected, a leader first fails the runs of earlier
+epochs that are still active (their leader died mid-run). Without a lease (one process,
+tests) the scheduler always acts and runs carry no epoch.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -51,13 +59,13 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from lifecycle.errors import LifecycleError, PreconditionError
 from lifecycle.loop_config import CONDITION_TRIGGERS, LifecycleConfig, TriggerSpec
-from lifecycle.loop_errors import LifecycleNotConfigured, RunInProgress
+from lifecycle.loop_errors import LifecycleNotConfigured, RunInProgress, RunNotFound
 from lifecycle.pipeline import Retrainer
 from lifecycle.request_store import PurgeResult, RequestStore
 from lifecycle.runs import Run, RunStore
 from lifecycle.triggers import TriggerChecker, TriggerDecision, TriggerStore
 
-__all__ = ["RUN_MISFIRE_GRACE_S", "LifecycleScheduler", "ScheduledJob"]
+__all__ = ["RUN_MISFIRE_GRACE_S", "Leadership", "LifecycleScheduler", "ScheduledJob"]
 
 log = logging.getLogger("lifecycle.scheduler")
 RUN_MISFIRE_GRACE_S = 3600
@@ -65,6 +73,15 @@ RUN_MISFIRE_GRACE_S = 3600
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class Leadership(Protocol):
+    """What the scheduler needs of ``lifecycle.leases.Lease``."""
+
+    replica: str
+
+    @property
+    def epoch(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,7 @@ class LifecycleScheduler:
         retention_s: Mapping[str, float] | None = None, purge_every_s: float = 3600.0,
         stale_after_s: float = 60.0, sweep_every_s: float = 15.0,
         max_concurrent_runs: int = 1, actor: str = "scheduler",
+        lease: Leadership | None = None,
     ) -> None:
         self._retrainer = retrainer
         self._runs = runs
@@ -105,6 +123,7 @@ class LifecycleScheduler:
         self._sweep_every_s = sweep_every_s
         self._max_runs = max_concurrent_runs
         self._actor = actor
+        self._lease = lease
         self._lock = threading.Lock()
         self._jobs: dict[str, tuple[str, TriggerSpec]] = {}
         self._mine: set[int] = set()
@@ -169,31 +188,96 @@ class LifecycleScheduler:
         Raises ``LifecycleNotConfigured``, ``RunInProgress`` (the model has an active
         run), ``PreconditionError`` when the scheduler is not running.
         """
-        return self._launch(model, trigger, reason, actor, {})
+        return self._launch(model, trigger, reason, actor, {}, anywhere=True)
+
+    def leading(self) -> bool:
+        """Whether this scheduler acts: it holds the lease, or there is no lease."""
+        return self._lease is None or self._lease.epoch is not None
 
     def _launch(
         self, model: str, trigger: str, reason: str, actor: str, detail: Mapping[str, Any],
+        *, anywhere: bool = False,
     ) -> int:
+        """Create the run and execute it here when leading; ``anywhere``: on a follower,
+        queue it for the leader instead of refusing."""
         config = self._configs.get(model)
         if config is None:
             raise LifecycleNotConfigured(model)
-        executor = self._executor
-        if executor is None or self._cancel.is_set():
+        if self._executor is None or self._cancel.is_set():
             raise PreconditionError("the lifecycle scheduler is not running")
-        run = self._runs.create(model, trigger=trigger, reason=reason, actor=actor, params={
-            "config": config.to_json(), "trigger_detail": dict(detail)})
-        with self._lock:
-            self._mine.add(run.id)
-        try:
-            executor.submit(self._execute, run.id, config)
-        except RuntimeError as exc:  # the executor shut down between our check and now
-            with self._lock:
-                self._mine.discard(run.id)
-            self._runs.finish(run.id, "failed", error="the scheduler stopped before the run")
-            raise PreconditionError("the lifecycle scheduler is not running") from exc
+        epoch = None if self._lease is None else self._lease.epoch
+        if self._lease is not None and epoch is None:
+            if not anywhere:
+                raise PreconditionError(f"replica {self._lease.replica} does not lead")
+            run = self._runs.create(model, trigger=trigger, reason=reason, actor=actor,
+                                    params={"config": config.to_json(),
+                                            "trigger_detail": dict(detail)})
+            log.info("run queued for the leader", extra={
+                "event": "run_queued", "run_id": run.id, "model": model, "trigger": trigger})
+            return run.id
+        run = self._runs.create(
+            model, trigger=trigger, reason=reason, actor=actor,
+            params={"config": config.to_json(), "trigger_detail": dict(detail)}, epoch=epoch,
+            replica=None if self._lease is None else self._lease.replica)
+        self._submit(run.id, config)
         log.info("run started", extra={"event": "run_started", "run_id": run.id,
                                        "model": model, "trigger": trigger, "reason": reason})
         return run.id
+
+    def _submit(self, run_id: int, config: LifecycleConfig) -> None:
+        executor = self._executor
+        with self._lock:
+            self._mine.add(run_id)
+        try:
+            if executor is None:
+                raise RuntimeError("no executor")
+            executor.submit(self._execute, run_id, config)
+        except RuntimeError as exc:  # the executor shut down between our check and now
+            with self._lock:
+                self._mine.discard(run_id)
+            self._runs.finish(run_id, "failed", error="the scheduler stopped before the run")
+            raise PreconditionError("the lifecycle scheduler is not running") from exc
+
+    def claim_queued(self) -> list[int]:
+        """Claim and execute the runs asked for on other replicas (leader only); their
+        ids."""
+        lease = self._lease
+        epoch = None if lease is None else lease.epoch
+        if lease is None or epoch is None or self._executor is None or self._cancel.is_set():
+            return []
+        claimed = []
+        for queued in self._runs.unclaimed():
+            config = self._configs.get(queued.model)
+            if config is None:
+                continue
+            try:
+                self._runs.claim(queued.id, epoch=epoch, replica=lease.replica)
+            except RunNotFound:
+                continue  # claimed by another leader, or failed by the sweep meanwhile
+            self._submit(queued.id, config)
+            claimed.append(queued.id)
+            log.info("run claimed", extra={"event": "run_claimed", "run_id": queued.id,
+                                           "model": queued.model, "epoch": epoch})
+        return claimed
+
+    def on_elected(self, epoch: int) -> list[int]:
+        """This replica took the lease in ``epoch``: fail the runs earlier leaders left
+        active, then claim the queued ones. Returns the ids failed."""
+        try:
+            failed = self._runs.fail_orphaned(epoch, reason=(
+                f"abandoned: the leader executing it (epoch < {epoch}) stopped before the "
+                f"run ended; replica "
+                f"{self._lease.replica if self._lease else '?'} leads epoch {epoch}"))
+            if failed:
+                log.warning("runs of a previous leader failed", extra={
+                    "event": "runs_orphaned", "epoch": epoch,
+                    "runs": [r.id for r in failed]})
+            self.claim_queued()
+        except LifecycleError as exc:
+            log.warning("election follow-up failed", extra={"event": "elected_followup_failed",
+                                                            "reason": str(exc)})
+            return []
+        return [r.id for r in failed]
 
     def _execute(self, run_id: int, config: LifecycleConfig) -> None:
         try:
@@ -247,6 +331,8 @@ class LifecycleScheduler:
 
     def _fire(self, model: str, spec: TriggerSpec) -> None:
         """Body of every trigger job: never raises into APScheduler."""
+        if not self.leading():
+            return
         try:
             if spec.kind in CONDITION_TRIGGERS:
                 self._check(model, spec)
@@ -272,6 +358,11 @@ class LifecycleScheduler:
         scheduler = self._scheduler
         if scheduler is None:
             return
+        try:
+            self.claim_queued()
+        except LifecycleError as exc:
+            log.warning("queued runs not claimed", extra={"event": "claim_failed",
+                                                          "reason": str(exc)})
         with self._lock:
             for key in set(self._jobs) - set(desired):
                 del self._jobs[key]
@@ -334,6 +425,8 @@ class LifecycleScheduler:
 
     def purge_now(self) -> dict[str, PurgeResult]:
         """Delete each model's request log older than its retention (the purge job)."""
+        if not self.leading():
+            return {}
         now_us = int(self._clock().timestamp() * 1e6)
         done = {}
         for model, keep_s in self._retention_s.items():
@@ -353,6 +446,8 @@ class LifecycleScheduler:
         try:
             for run_id in mine:
                 self._runs.heartbeat(run_id)
+            if not self.leading():
+                return []
             cutoff = self._clock() - timedelta(seconds=self._stale_after_s)
             failed = self._runs.fail_stale(cutoff, reason=(
                 f"abandoned: no heartbeat for {self._stale_after_s:g} s (its process stopped)"))

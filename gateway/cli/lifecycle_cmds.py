@@ -236,6 +236,7 @@ def show_run(client: AdminClient, args: argparse.Namespace) -> int:
     print(output.fields([
         ("run", r.id), ("model", r.model), ("status", r.status),
         ("trigger", r.trigger), ("reason", r.reason), ("actor", r.actor),
+        ("leader", f"{r.replica} (epoch {r.leader_epoch})" if r.leader_epoch else None),
         ("outcome", r.outcome or None), ("dataset", r.dataset_id or None),
         ("candidate", r.candidate_version or None), ("champion", r.champion_version or None),
         ("created", _time(r.create_time)), ("started", _time(r.start_time)),

@@ -39,7 +39,8 @@ def run(r: Run) -> pb.Run:
         candidate_version=r.candidate_version or 0, champion_version=r.champion_version or 0,
         create_time=timestamp(r.created_at), start_time=_time(r.started_at),
         end_time=_time(r.finished_at), heartbeat_time=timestamp(r.heartbeat_at),
-        steps=[run_step(s) for s in r.steps],
+        steps=[run_step(s) for s in r.steps], leader_epoch=r.epoch or 0,
+        replica=r.replica or "",
     )
 
 

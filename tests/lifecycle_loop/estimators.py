@@ -44,3 +44,9 @@ update_registered_converter(
     options={"zipmap": [True, False, "columns"], "nocl": [True, False],
              "output_class_labels": [False, True], "raw_scores": [True, False]},
 )
+update_registered_converter(
+    SleepingClassifier, "TestsSleepingClassifier",
+    calculate_linear_classifier_output_shapes, convert_sklearn_linear_classifier,
+    options={"zipmap": [True, False, "columns"], "nocl": [True, False],
+             "output_class_labels": [False, True], "raw_scores": [True, False]},
+)
