@@ -36,11 +36,12 @@ run: install
 # tritonclient's generated inference messages, the harness's (loadtests/pb) and ours
 # (gateway/pb) clash in one process, so tests/triton and tests/loadtests each run in a
 # pytest process of their own. The main one runs under a throwaway PostgreSQL
-# (scripts/pg-test.sh): the storage contract tests run on SQLite and on PostgreSQL.
+# (scripts/pg-test.sh): the storage contract tests run on SQLite and on PostgreSQL; so
+# does tests/loadtests (the two-replica benchmark's test).
 SEPARATE_SUITES := --ignore=tests/triton --ignore=tests/loadtests
 test: install
 	bash scripts/pg-test.sh -- $(PY) -m pytest -q --durations=20 $(SEPARATE_SUITES) tests
-	$(PY) -m pytest -q --durations=10 tests/loadtests
+	bash scripts/pg-test.sh -- $(PY) -m pytest -q --durations=10 tests/loadtests
 	$(PY) -m pytest -q --durations=10 tests/triton
 
 test-quick: install
