@@ -41,6 +41,7 @@ from gateway.lifecycle_runtime import LifecycleRuntime, build_lifecycle
 from gateway.metrics import GatewayMetrics
 from gateway.model_manager import ModelManager
 from gateway.pb import admin_pb2_grpc, feedback_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc
+from gateway.replica_state import ReplicaPublisher
 from gateway.request_log import RequestLog
 from gateway.request_log.build import DAY_S, build_request_log
 from gateway.request_log.feedback import FeedbackIntake
@@ -63,6 +64,7 @@ from lifecycle.leases import Lease, LeaseKeeper
 from lifecycle.live_stats import BanditRewarder, RequestLogArmStats
 from lifecycle.policies import PolicyStore
 from lifecycle.registry import Registry
+from lifecycle.replicas import ReplicaStore
 from lifecycle.request_store import RequestStore
 from lifecycle.service import LifecycleService
 
@@ -100,6 +102,7 @@ class GatewayApp:
         self.shadows: ShadowRunner | None = None
         self._canary: CanaryController | None = None
         self._lease: LeaseKeeper | None = None
+        self._replica_state: ReplicaPublisher | None = None
 
     def is_ready(self) -> bool:
         return self._ready
@@ -129,6 +132,12 @@ class GatewayApp:
         self.manager.on_change = self._model_changed
         await self.manager.start()
         self._spawn(self._follow_policies())
+        # What this process serves, for `models show` on any replica (now, every sync
+        # period, and after each change through ``_model_changed``).
+        self._replica_state = ReplicaPublisher(
+            ReplicaStore(self.database), self.manager, replica_id=settings.effective_replica_id,
+            period_s=settings.traffic.policy_sync_s, executor=self._db_pool)
+        self._spawn(self._replica_state.run())
         if self.metrics.multiprocess:
             self._spawn(self.metrics.publish_every())
         await self._start_request_log()
@@ -255,14 +264,14 @@ class GatewayApp:
     async def _start_admin(self, registry: Registry, artifacts: ArtifactStore,
                            authority: TokenAuthority) -> None:
         settings = self.settings
-        assert self.manager is not None
+        assert self.manager is not None and self.database is not None
         lifecycle = LifecycleService(
             registry=registry, artifacts=artifacts, deployer=self.manager,
             db_executor=self._db_pool, work_executor=self._admin_pool,
             max_upload_bytes=settings.max_upload_bytes,
             # Leave room for the message framing around a download chunk.
             max_chunk_bytes=min(4 * 1024 * 1024, settings.max_message_bytes // 2),
-            requests=self._requests,
+            requests=self._requests, replicas=ReplicaStore(self.database),
             request_retention_s=lambda model: settings.logging_of(model).retention_days * DAY_S,
         )
         admin = grpc.aio.server(options=server_options(settings),
@@ -302,6 +311,8 @@ class GatewayApp:
                 log.exception("policy sync failed", extra={"event": "policy_sync_failed"})
 
     def _model_changed(self, model: str) -> None:
+        if self._replica_state is not None:
+            self._replica_state.notify(model)
         if self._health is None:
             return
         self._spawn(self._set_health(model))
@@ -337,6 +348,8 @@ class GatewayApp:
         await asyncio.gather(*(server.stop(remaining) for server in (self._admin, self._grpc)
                                if server is not None))
         self.metrics.publish()
+        if self._replica_state is not None:
+            await self._replica_state.withdraw()  # before the database executor stops
         if self._http is not None:
             await self._http.stop()
         if self.request_log is not None:

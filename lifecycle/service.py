@@ -28,7 +28,8 @@ import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from lifecycle.artifacts import ArtifactStore
@@ -41,6 +42,7 @@ from lifecycle.errors import (
     PreconditionError,
 )
 from lifecycle.registry import ANY, MAX_EVENTS, Expected, Registry
+from lifecycle.replicas import ReplicaServing, ReplicaStore
 from lifecycle.request_records import FeedbackEntry, LoggedRequest
 from lifecycle.request_store import RequestStore
 from lifecycle.uploads import validate_onnx
@@ -130,6 +132,9 @@ class ModelInfo:
     latest_version: int | None
     serving: bool
     state: ServingState
+    # Every replica's last published state of the model, by replica id (``get_model``
+    # only; empty without a replica store).
+    replicas: tuple[ReplicaServing, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -190,11 +195,14 @@ class LifecycleService:
         requests: RequestStore | None = None,
         request_retention_s: Callable[[str], float] | None = None,
         clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+        replicas: ReplicaStore | None = None,
     ) -> None:
         """``requests`` is the request log's store (its methods raise
         ``PreconditionError`` without one); ``request_retention_s(model)`` is how long a
-        model's records are kept when a purge names no cutoff."""
+        model's records are kept when a purge names no cutoff; ``replicas`` is where every
+        gateway process publishes what it serves (``get_model`` reports none without)."""
         self._requests = requests
+        self._replicas = replicas
         self._retention_s = request_retention_s
         self._clock_us = clock_us
         self._registry = registry
@@ -221,7 +229,12 @@ class LifecycleService:
 
     async def get_model(self, name: str) -> ModelInfo:
         (row,) = await self._db(self._model_rows, name)
-        return self._model_info(*row)
+        info = self._model_info(*row)
+        if self._replicas is None:
+            return info
+        states = await self._db(self._replicas.list)
+        now = datetime.fromtimestamp(self._clock_us() / 1e6, UTC)
+        return replace(info, replicas=tuple(r.of_model(name, now) for r in states))
 
     def _model_rows(
         self, name: str | None

@@ -22,7 +22,8 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> None:
                                   description="List every registered model.")
     listing.set_defaults(func=list_models)
     show = commands.add_parser("show", parents=[common], help="show one model",
-                               description="Show a model: signature, aliases, loaded versions.")
+                               description="Show a model: signature, aliases, loaded versions, "
+                                           "and what every replica (or worker) serves of it.")
     show.add_argument("name", metavar="NAME")
     show.set_defaults(func=show_model)
 
@@ -81,4 +82,26 @@ def show_model(client: AdminClient, args: argparse.Namespace) -> int:
     if model.loads:
         print()
         print(output.table(LOAD_HEADERS, load_rows(model.loads)))
+    if model.replicas:
+        print()
+        print(output.table(REPLICA_HEADERS, replica_rows(model.replicas)))
     return 0
+
+
+REPLICA_HEADERS = ("REPLICA", "LEADER", "SERVING VERSION", "LOADED", "READY", "LAST SEEN")
+
+
+def replica_rows(replicas: Any) -> list[tuple[Any, ...]]:
+    """One row per replica; one that does not know the model says so under LOADED."""
+    return [(r.replica_id, r.leader, r.served_version or None, _held(r), r.ready,
+             f"{r.age_s:.1f}s ago" + (" (stale)" if r.stale else ""))
+            for r in replicas]
+
+
+def _held(replica: Any) -> str:
+    if not replica.tracked:
+        return "(model unknown)"
+    held = ",".join(str(v) for v in replica.loaded_versions) or "-"
+    if replica.failed_versions:
+        held += f" (failed: {','.join(str(v) for v in replica.failed_versions)})"
+    return held

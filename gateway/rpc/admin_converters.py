@@ -10,6 +10,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from gateway.pb import admin_pb2 as pb
 from lifecycle.deployer import VersionLoad
 from lifecycle.domain import AliasChange, Event, Signature
+from lifecycle.replicas import ReplicaServing
 from lifecycle.service import ModelInfo, Upload, VersionInfo
 
 LOAD_STATES: dict[str, pb.LoadState] = {
@@ -64,7 +65,26 @@ def model(info: ModelInfo) -> pb.Model:
         version_count=info.version_count, latest_version=info.latest_version or 0,
         serving=info.serving, served_version=state.production or 0,
         loads=[version_load(v) for v in state.versions], in_flight=state.in_flight,
+        replicas=[replica_serving(r) for r in info.replicas],
     )
+
+
+def replica_serving(seen: ReplicaServing) -> pb.ReplicaServing:
+    replica, serving = seen.replica, seen.serving
+    message = pb.ReplicaServing(
+        replica_id=replica.id, host=replica.host, pid=replica.pid, leader=replica.leader,
+        tracked=serving is not None, start_time=timestamp(replica.started_at),
+        update_time=timestamp(replica.updated_at), age_s=seen.age_s, stale=seen.stale,
+    )
+    if serving is not None:
+        message.served_version = serving.production or 0
+        message.loaded_versions.extend(serving.loaded)
+        message.failed_versions.extend(serving.failed)
+        message.ready = serving.ready
+        message.policy = serving.policy
+        message.experiment_id = serving.experiment
+        message.weights.update(dict(serving.weights))
+    return message
 
 
 def version(info: VersionInfo) -> pb.ModelVersion:
