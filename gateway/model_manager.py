@@ -415,32 +415,48 @@ class ModelManager:
 
     async def sync_aliases(self) -> None:
         """Follow production moves made elsewhere (another worker or replica promoted or
-        rolled back): load and warm the new version, then swap and drain the old one; the
-        alias is not moved again. A version that fails to load is logged once and left
-        (``failures``); the current production keeps serving. Called periodically, before
-        ``sync_policies`` (the process that moved the alias also ended any experiment)."""
+        rolled back, or created the model and promoted its first version): load and warm
+        the new version, then swap and drain the old one; the alias is not moved again. A
+        version that fails to load is logged once and left (``failures``); the current
+        production keeps serving. A model this process stopped serving (repository unload)
+        stays stopped. Called periodically, before ``sync_policies`` (the process that
+        moved the alias also ended any experiment)."""
         stored = await self.db(self._registry.alias_versions, PRODUCTION)
-        for served in self.models():
-            version = stored.get(served.name)
-            if (served.production is None or version is None
-                    or version == served.production.version or version in served.failures):
+        for name, version in stored.items():
+            served = self._models.get(name)
+            current = None if served is None or served.production is None else (
+                served.production.version)
+            if version == current or (served is not None and version in served.failures):
                 continue
+            if current is None and not await self._serves_elsewhere(name):
+                continue
+            if served is None:
+                model = await self.db(self._registry.get_model, name)
+                served = self._track(name, model.signature)
             async with served.lock:
-                if served.production is None or version == served.production.version:
+                previous = None if served.production is None else served.production.version
+                if version == previous:
                     continue
                 try:
                     loaded = await self._ensure_loaded(served, version)
                 except ModelLoadError as exc:
                     log.error("production moved elsewhere to a version that fails to load",
-                              extra={"event": "alias_follow_failed", "model": served.name,
+                              extra={"event": "alias_follow_failed", "model": name,
                                      "version": version, "reason": str(exc)})
                     continue
-                previous = served.production.version
                 await self._swap(served, loaded)
             log.info("production moved elsewhere: followed", extra={
-                "event": "alias_followed", "model": served.name, "version": version,
+                "event": "alias_followed", "model": name, "version": version,
                 "previous": previous})
-            self.on_change(served.name)
+            self.on_change(name)
+
+    async def _serves_elsewhere(self, name: str) -> bool:
+        """A model without production here: follow it unless it was unloaded (by
+        anyone: the serving flag is shared)."""
+        try:
+            return bool(await self.db(self._registry.is_serving, name))
+        except LifecycleError:
+            return False
 
     async def sync_policies(self) -> None:
         """Follow policy changes made elsewhere (the canary controller, another replica) and

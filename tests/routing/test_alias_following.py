@@ -23,9 +23,9 @@ from tests.support.waiting import wait_until
 MODEL = "fraud"
 
 
-def served_version(gateway: InProcessGateway) -> str:
+def served_version(gateway: InProcessGateway, model: str = MODEL) -> str:
     with grpc.insecure_channel(gateway.grpc_address) as channel:
-        request = ipb.ModelInferRequest(model_name=MODEL)
+        request = ipb.ModelInferRequest(model_name=model)
         x = features(1)
         request.inputs.add(name="features", datatype="FP32", shape=x.shape)
         request.raw_input_contents.append(x.tobytes())
@@ -75,3 +75,25 @@ def test_a_promotion_and_a_rollback_elsewhere_are_followed(
                  if e.action in ("alias.set", "alias.rollback") and e.version != 1
                  or e.action == "alias.rollback"]
     assert sorted(moves) == [("alias.rollback", 1), ("alias.set", version)]  # b moved none
+
+
+def test_a_model_created_and_promoted_elsewhere_is_served_too(
+        replicas: tuple[InProcessGateway, InProcessGateway]) -> None:
+    a, b = replicas
+    with grpc.insecure_channel(a.admin_address) as channel:
+        admin = Admin(channel)
+        version = admin.register("newcomer", onnx_models.logreg_like_model(seed=9)
+                                 ).version.version
+        admin.promote("newcomer", version)
+    assert served_version(a, "newcomer") == str(version)
+    wait_until(lambda: _answers(b, "newcomer") == str(version), 15,
+               "the other gateway serving the new model")
+    assert b.app.manager is not None and b.app.manager.is_ready("newcomer")
+
+
+def _answers(gateway: InProcessGateway, model: str) -> str | None:
+    try:
+        return served_version(gateway, model)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+        return None
