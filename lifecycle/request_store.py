@@ -8,6 +8,17 @@ Writes are idempotent: ``insert`` ignores a ``record_id``/``feedback_id`` alread
 (``INSERT … ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL), so replaying a journal
 after a crash never duplicates a row.
 
+Bulk writes: on SQLite a batch of requests goes in multi-row ``INSERT``s of up to 128 rows.
+On PostgreSQL a batch of at least ``PG_COPY_MIN_ROWS`` requests is ``COPY``ed into a
+temporary table of the session (``ON COMMIT DELETE ROWS``: empty outside the transaction)
+and moved by one ``INSERT … SELECT … ON CONFLICT DO NOTHING``, in the batch's order;
+smaller batches go as one pipelined ``executemany`` (one round trip, one execution per
+row on the server). Measured for 500-row batches (204 bytes of tensors a row): about
+5 µs of the writer's CPU per row with ``COPY`` against 18–29 µs with ``executemany``,
+with the same CPU on the server; below about 50 rows the ``COPY``'s fixed statements
+cost more than they save. A role that may not create temporary tables gets the
+``executemany`` path (logged once).
+
 The feedback join, decided at query time so feedback may arrive before or after its
 request is written:
 
@@ -32,13 +43,26 @@ the database is unreachable.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, delete, exists, false, func, insert, or_, select
+from sqlalchemy import (
+    Select,
+    Table,
+    and_,
+    delete,
+    exc,
+    exists,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy.engine import Connection, Row
 
 from lifecycle.db import Database, feedback_table, request_log_table
@@ -54,7 +78,12 @@ from lifecycle.request_records import (
     encode_tensors,
 )
 
-__all__ = ["PurgeResult", "RequestStore"]
+__all__ = ["PG_COPY_MIN_ROWS", "PurgeResult", "RequestStore"]
+
+log = logging.getLogger("lifecycle.request_store")
+
+PG_COPY_MIN_ROWS = 64
+"""PostgreSQL: a batch of at least this many requests is written through ``COPY``."""
 
 _R = request_log_table
 _F = feedback_table
@@ -151,14 +180,16 @@ class RequestStore:
         self._sqlite_insert_requests: str | None = None
         if db.dialect == "sqlite":
             compiled = self._insert_requests.compile(
-                dialect=db.engine.dialect, column_keys=list(_SQLITE_REQUEST_COLUMNS)
+                dialect=db.engine.dialect, column_keys=list(_REQUEST_COLUMNS)
             )
-            if tuple(compiled.positiontup or ()) != _SQLITE_REQUEST_COLUMNS:
+            if tuple(compiled.positiontup or ()) != _REQUEST_COLUMNS:
                 raise RuntimeError("unexpected parameter order in the request_log insert")
             if _SQLITE_ROW not in compiled.string:
                 raise RuntimeError("unexpected VALUES clause in the request_log insert")
             self._sqlite_insert_requests = compiled.string
         self._sqlite_statements: dict[int, str] = {}
+        # False once the role turned out unable to create the COPY's staging table.
+        self._pg_copy = db.dialect == "postgresql"
 
     # ------------------------------------------------------------------ writes
 
@@ -170,11 +201,27 @@ class RequestStore:
         Raises ``StorageUnavailable`` (retry later: nothing was written) or, for a batch the
         database refuses (e.g. a value too long for its column), the database's error.
         """
+        if self._pg_copy and len(requests) >= PG_COPY_MIN_ROWS:
+            try:
+                self._write(requests, feedback, copy=True)
+                return
+            except _StagingRefused as err:
+                self._pg_copy = False
+                log.warning("request store: cannot create the COPY staging table; inserting "
+                            "with executemany from now on", extra={
+                                "event": "request_log_copy_disabled", "reason": str(err)})
+        self._write(requests, feedback, copy=False)
+
+    def _write(
+        self, requests: Sequence[RequestEntry], feedback: Sequence[FeedbackEntry], *, copy: bool
+    ) -> None:
         feedback_rows = [_feedback_row(e) for e in feedback]
         sqlite_sql = self._sqlite_insert_requests
         with self._db.write(exclusive=False) as session:
             conn = session.connection()
-            if requests and sqlite_sql is not None:
+            if copy:
+                _pg_copy_requests(conn, requests)
+            elif requests and sqlite_sql is not None:
                 # The hot write path. SQLAlchemy's per-row parameter processing would
                 # triple the CPU per row, so rows go to the driver as ready tuples; and
                 # many rows per statement, because sqlite3 releases and retakes the GIL
@@ -395,19 +442,19 @@ def _insert_ignore(dialect: str, table: Table, key: str) -> Any:
     return None
 
 
-_SQLITE_REQUEST_COLUMNS = (
+_REQUEST_COLUMNS = (
     "record_id", "request_id", "model", "version", "ts", "latency_us", "status", "inputs",
     "outputs", "metadata", "payload_dropped", "arm", "experiment_id", "routing_key_hash",
     "shadow",
 )
 _EMPTY_JSON = json.dumps({})
-_SQLITE_ROW = "(" + ", ".join("?" * len(_SQLITE_REQUEST_COLUMNS)) + ")"
+_SQLITE_ROW = "(" + ", ".join("?" * len(_REQUEST_COLUMNS)) + ")"
 # 15 parameters a row: far below SQLite's limit of 32766 per statement.
 _SQLITE_ROWS_PER_STATEMENT = 128
 
 
 def _sqlite_request_params(e: RequestEntry) -> tuple[Any, ...]:
-    """One row as the sqlite3 driver takes it, in ``_SQLITE_REQUEST_COLUMNS`` order: what
+    """One row as the sqlite3 driver takes it, in ``_REQUEST_COLUMNS`` order: what
     SQLAlchemy's column types would produce (JSON text, booleans as 0/1)."""
     return (
         e.record_id, e.request_id, e.model, e.version, e.timestamp_us, e.latency_us, e.status,
@@ -415,6 +462,63 @@ def _sqlite_request_params(e: RequestEntry) -> tuple[Any, ...]:
         1 if e.payload_dropped else 0, e.arm, e.experiment_id, e.routing_key_hash,
         1 if e.shadow else 0,
     )
+
+
+class _StagingRefused(Exception):
+    """The role may not create the temporary staging table of the ``COPY`` path."""
+
+
+_PG_STAGE = "request_log_stage"
+_PG_INSUFFICIENT_PRIVILEGE = "42501"
+_PG_COLUMNS = ", ".join(_REQUEST_COLUMNS)
+# Created once per session (IF NOT EXISTS): the columns' types are request_log's, so a
+# value the table would refuse is refused by the COPY already; "ord" keeps the batch's
+# order for the row ids. No NOT NULL or unique constraint: the INSERT below checks them.
+_PG_STAGE_DDL = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_PG_STAGE} ON COMMIT DELETE ROWS AS "
+    f"SELECT 0 AS ord, {_PG_COLUMNS} FROM {request_log_table.name} WITH NO DATA"
+)
+_PG_COPY = f"COPY pg_temp.{_PG_STAGE} (ord, {_PG_COLUMNS}) FROM STDIN"
+_PG_MOVE = (
+    f"INSERT INTO {request_log_table.name} ({_PG_COLUMNS}) "
+    f"SELECT {_PG_COLUMNS} FROM pg_temp.{_PG_STAGE} ORDER BY ord "
+    f"ON CONFLICT (record_id) DO NOTHING"
+)
+
+
+def _pg_copy_requests(conn: Connection, requests: Sequence[RequestEntry]) -> None:
+    """``COPY`` the batch into the session's staging table, then move it into
+    ``request_log`` skipping the ids already stored; in the caller's transaction."""
+    try:
+        conn.exec_driver_sql(_PG_STAGE_DDL)
+    except exc.ProgrammingError as err:
+        if getattr(err.orig, "sqlstate", None) != _PG_INSUFFICIENT_PRIVILEGE:
+            raise
+        # No TEMPORARY privilege on the database.
+        raise _StagingRefused(str(err.orig)) from err
+    dbapi_conn = cast(Any, conn.connection.dbapi_connection)
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        with dbapi_conn.cursor() as cursor, cursor.copy(_PG_COPY) as copy:
+            write = copy.write_row
+            for ord_, e in enumerate(requests):
+                write((
+                    ord_, e.record_id, e.request_id, e.model, e.version, e.timestamp_us,
+                    e.latency_us, e.status, e.inputs, e.outputs,
+                    json.dumps(e.metadata) if e.metadata else _EMPTY_JSON,
+                    e.payload_dropped, e.arm, e.experiment_id, e.routing_key_hash, e.shadow,
+                ))
+    except dbapi.Error as err:
+        # The driver's error, raw: wrap it as SQLAlchemy does for its own statements, so
+        # the caller's translation (StorageUnavailable, InvalidArgument, …) applies.
+        invalidated = conn.dialect.is_disconnect(err, dbapi_conn, None)
+        if invalidated:
+            conn.invalidate(err)
+        raise exc.DBAPIError.instance(
+            _PG_COPY, None, err, dbapi.Error, connection_invalidated=invalidated,
+            dialect=conn.dialect,
+        ) from err
+    conn.exec_driver_sql(_PG_MOVE)
 
 
 def _request_row(e: RequestEntry) -> dict[str, Any]:

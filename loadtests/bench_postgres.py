@@ -39,12 +39,13 @@ def _pg_url(url: str) -> Any:
     return parsed
 
 
-def open_database(server_url: str) -> Database:
-    """A fresh database on the server of ``server_url``, else that URL's database when the
-    role may not create one and it is empty; raises RunError otherwise."""
+def open_database(server_url: str, prefix: str = "bench_replicas") -> Database:
+    """A fresh database (named ``prefix``, then the time) on the server of ``server_url``,
+    else that URL's database when the role may not create one and it is empty; raises
+    RunError otherwise."""
     parsed = _pg_url(server_url)
     engine = create_engine(parsed, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    name = f"bench_replicas_{datetime.now():%Y%m%d_%H%M%S}_{uuid.uuid4().hex[:6]}"
+    name = f"{prefix}_{datetime.now():%Y%m%d_%H%M%S}_{uuid.uuid4().hex[:6]}"
     try:
         with engine.connect() as conn:
             version = str(conn.exec_driver_sql("SHOW server_version").scalar())

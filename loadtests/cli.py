@@ -57,6 +57,16 @@ def _description(scenario: object) -> str:
 EXIT_CHECK_FAILED = 1
 
 
+def hide_urls(argv: Sequence[str]) -> list[str]:
+    """``argv`` with a ``--database-url`` value replaced by ``URL`` (it carries a password)."""
+    shown, hide = [], False
+    for arg in argv:
+        shown.append("URL" if hide else
+                     ("--database-url=URL" if arg.startswith("--database-url=") else arg))
+        hide = arg == "--database-url"
+    return shown
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -87,7 +97,8 @@ def main(
             summary=outcome.summary,
             warnings=outcome.warnings,
             plots=outcome.plots,
-            argv=["python", "-m", "loadtests", *(argv if argv is not None else sys.argv[1:])],
+            argv=["python", "-m", "loadtests",
+                  *hide_urls(argv if argv is not None else sys.argv[1:])],
         )
         print(f"results: {report.write_json(args.output, doc)}", file=out)
     for path in outcome.plots:
