@@ -122,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--reps", type=int, default=1, help="rounds over the worker counts")
     parser.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer -p")
+    parser.add_argument("--share-count", type=int, default=1,
+                        help="concurrent contexts per gRPC connection "
+                             "(TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT, default 1)")
     parser.add_argument("--anchors-dir", type=Path,
                         default=Path(os.environ.get("ANCHORS_DIR", "/tmp/anchors")))
     args = parser.parse_args(argv)
@@ -131,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"install_perf_analyzer.sh {anchors}", file=sys.stderr)
         return 2
     # One connection per concurrent context (see the module docstring).
-    os.environ["TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT"] = "1"
+    os.environ["TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT"] = str(args.share_count)
     sitting = anchors / "results" / f"workers-{datetime.now():%Y%m%d-%H%M%S}"
     sitting.mkdir(parents=True, exist_ok=True)
     counts = [int(w) for w in args.workers.split(",") if w]
@@ -148,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"rc={row['rc']}", flush=True)
     result = {"profile": args.profile, "concurrency": args.concurrency, "rows": rows,
               "foreign_cores": round(foreign.cores(), 3),
-              "env": "TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT=1"}
+              "env": f"TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT={args.share_count}"}
     best = {w: max((r.get("throughput", 0.0) for r in rows if r["workers"] == w), default=0.0)
             for w in counts}
     if len(counts) > 1 and best[counts[0]]:
