@@ -60,7 +60,7 @@ from lifecycle.artifacts import ArtifactStore
 from lifecycle.canary import CanaryController
 from lifecycle.db import Database, make_engine, migrate
 from lifecycle.errors import StorageUnavailable
-from lifecycle.leases import Lease, LeaseKeeper
+from lifecycle.leases import CONTROL_LEASE, LIFECYCLE_LEASE, Lease, LeaseKeeper
 from lifecycle.live_stats import BanditRewarder, RequestLogArmStats
 from lifecycle.policies import PolicyStore
 from lifecycle.registry import Registry
@@ -101,7 +101,10 @@ class GatewayApp:
         self.arm_stats = ArmStatsBook()
         self.shadows: ShadowRunner | None = None
         self._canary: CanaryController | None = None
-        self._lease: LeaseKeeper | None = None
+        # The control lease (canary and bandit loops) and the lifecycle lease (triggers
+        # and runs): held by one process among all sharing the database; a replica with
+        # the lifecycle off never takes the second, so the lifecycle runs where it is on.
+        self._leases: dict[str, LeaseKeeper] = {}
         self._replica_state: ReplicaPublisher | None = None
 
     def is_ready(self) -> bool:
@@ -115,10 +118,12 @@ class GatewayApp:
         await loop.run_in_executor(self._db_pool, migrate, engine)
         self.database = Database(engine)
         if settings.leader:
-            self._lease = LeaseKeeper(
-                Lease(self.database, replica=settings.effective_replica_id,
+            names = [CONTROL_LEASE] + ([LIFECYCLE_LEASE] if settings.lifecycle_enabled else [])
+            self._leases = {name: LeaseKeeper(
+                Lease(self.database, replica=settings.effective_replica_id, name=name,
                       lease_s=settings.lifecycle.leader_lease_s),
-                on_elected=self._elected)
+                on_elected=self._elected if name == LIFECYCLE_LEASE else None)
+                for name in names}
         registry = Registry(self.database)
         artifacts = ArtifactStore(settings.effective_artifacts_dir)
         await loop.run_in_executor(self._load_pool, seed_models, settings, registry, artifacts)
@@ -228,12 +233,12 @@ class GatewayApp:
         policies = PolicyStore(self.database)
         self._canary = CanaryController(policies, registry, RequestLogArmStats(self._requests),
                                         self.manager, actor="canary", executor=self._db_pool)
-        lease = self._lease
+        control = self._leases.get(CONTROL_LEASE)
         loops = ExperimentLoops(
             manager=self.manager, canary=self._canary,
             rewarder=BanditRewarder(self._requests, policies), executor=self._db_pool,
             canary_tick_s=traffic.canary_tick_s, bandit_update_s=traffic.bandit_update_s,
-            leading=(lambda: True) if lease is None else (lambda: lease.lease.leader))
+            leading=(lambda: True) if control is None else (lambda: control.lease.leader))
         if self.settings.leader:
             # They write the policies every worker follows: one process runs them.
             self._spawn(loops.run_canaries())
@@ -249,14 +254,15 @@ class GatewayApp:
             self.settings, database=self.database, registry=registry, artifacts=artifacts,
             requests=self._requests, policies=PolicyStore(self.database),
             deployer=self.manager, loop=loop, executor=self._db_pool, canary=self._canary,
-            lease=None if self._lease is None else self._lease.lease)
-        if self._lease is not None:
+            lease=self._leases[LIFECYCLE_LEASE].lease if LIFECYCLE_LEASE in self._leases
+            else None)
+        for keeper in self._leases.values():
             # Its first round before the scheduler starts: a lone gateway leads at once.
-            await loop.run_in_executor(None, self._lease.start)
+            await loop.run_in_executor(None, keeper.start)
         await loop.run_in_executor(None, self.lifecycle.start)
 
     def _elected(self, epoch: int) -> None:
-        """On the lease's thread: this replica now leads the control loops."""
+        """On the lifecycle lease's thread: this replica now runs the lifecycle."""
         lifecycle = self.lifecycle
         if lifecycle is not None and lifecycle.scheduler is not None:
             lifecycle.scheduler.on_elected(epoch)
@@ -332,9 +338,9 @@ class GatewayApp:
             # In an executor: a run may be waiting on this loop (a promotion) before it
             # can see the cancel.
             await asyncio.get_running_loop().run_in_executor(None, self.lifecycle.stop)
-        if self._lease is not None:
-            # Released, so another replica takes the control loops over at once.
-            await asyncio.get_running_loop().run_in_executor(None, self._lease.stop)
+        for keeper in self._leases.values():
+            # Released, so another replica takes the loops over at once.
+            await asyncio.get_running_loop().run_in_executor(None, keeper.stop)
         grace = self.settings.shutdown_grace_s
         deadline = time.monotonic() + grace
         for health in (self._admin_health, self._health):

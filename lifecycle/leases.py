@@ -1,7 +1,7 @@
-"""The control-plane lease: which one of the replicas sharing a database leads.
+"""Leases: which one of the replicas sharing a database runs a control loop.
 
-The leader runs the lifecycle (triggers, runs, the retention purge) and the experiment
-loops (canary ramps, bandit rewards); every replica serves. One ``leases`` row per lease:
+Two leases (``CONTROL_LEASE`` for the experiment loops, ``LIFECYCLE_LEASE`` for the
+lifecycle); every replica serves. One ``leases`` row per lease:
 ``holder`` (a replica id), ``epoch`` (incremented at every change of holder) and ``beat``
 (a counter the holder increments to renew). Nothing compares wall clocks across replicas:
 
@@ -38,10 +38,15 @@ from lifecycle.db import Database, lease_table
 from lifecycle.errors import ConflictError, LifecycleError
 from lifecycle.loop_errors import NotLeader
 
-__all__ = ["CONTROL_LEASE", "Lease", "LeaseHolder", "LeaseKeeper", "pid_alive"]
+__all__ = ["CONTROL_LEASE", "LIFECYCLE_LEASE", "Lease", "LeaseHolder", "LeaseKeeper",
+           "pid_alive"]
 
 log = logging.getLogger("lifecycle.leases")
 CONTROL_LEASE = "control"
+"""The experiment loops' lease (canary ramps, bandit rewards): every replica competes."""
+LIFECYCLE_LEASE = "lifecycle"
+"""The lifecycle's lease (triggers, runs, the retention purge): only replicas whose
+lifecycle is on compete, so one that does not serve clients can be the one that trains."""
 _L = lease_table.c
 
 

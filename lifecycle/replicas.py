@@ -36,9 +36,9 @@ from sqlalchemy import Insert, delete, insert, select, update
 
 from lifecycle.db import Database, lease_table, replica_table
 from lifecycle.errors import InvalidArgument
+from lifecycle.leases import CONTROL_LEASE
 
 __all__ = [
-    "CONTROL_LEASE",
     "ModelServing",
     "ReplicaServing",
     "ReplicaState",
@@ -46,8 +46,6 @@ __all__ = [
     "stale_after_s",
 ]
 
-CONTROL_LEASE = "control"
-"""The ``leases`` row whose holder is the control-plane leader (``lifecycle.leases``)."""
 STALE_PERIODS = 3
 STALE_MARGIN_S = 5.0
 _MAX_ID = 200

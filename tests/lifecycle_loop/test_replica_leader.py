@@ -15,7 +15,7 @@ import pytest
 from gateway.pb import admin_pb2 as apb
 from gateway.settings import load_settings
 from lifecycle.db import Database, make_engine
-from lifecycle.leases import Lease
+from lifecycle.leases import LIFECYCLE_LEASE, Lease
 from lifecycle.runs import RunStore
 from tests.admin.helpers import Admin
 from tests.lifecycle_loop.test_gateway_admin import AUTH, OPERATOR, labelled_traffic
@@ -28,7 +28,8 @@ LEASE_S = 2.0
 MODEL = "fraud"
 
 
-def start_replica(root: Path, name: str, url: str, artifact: Path) -> InProcessGateway:
+def start_replica(root: Path, name: str, url: str, artifact: Path, *,
+                  lifecycle: bool = True) -> InProcessGateway:
     config = root / f"{name}.toml"
     config.write_text(AUTH + f"""
 [server]
@@ -44,6 +45,7 @@ root = "{root / 'artifacts'}"
 policy_sync_s = 0.2
 
 [lifecycle]
+enabled = {str(lifecycle).lower()}
 poll_s = 0.5
 leader_lease_s = {LEASE_S}
 
@@ -78,8 +80,8 @@ def store(database_url: str) -> Iterator[tuple[Database, RunStore]]:
     database.close()
 
 
-def holder(database: Database) -> tuple[str, int]:
-    found = Lease(database, replica="observer").read()
+def holder(database: Database, lease: str = LIFECYCLE_LEASE) -> tuple[str, int]:
+    found = Lease(database, replica="observer", name=lease).read()
     assert found is not None
     return found.holder, found.epoch
 
@@ -145,3 +147,31 @@ def test_the_follower_takes_over_when_the_leader_stops(
     finally:
         for gateway in running:
             gateway.stop()
+
+
+def test_a_replica_with_the_lifecycle_off_never_takes_it_and_refuses_retrains_clearly(
+        tmp_path: Path, database_url: str, model_files: dict[str, Path],
+        store: tuple[Database, RunStore]) -> None:
+    database, runs = store
+    serving = start_replica(tmp_path, "serving", database_url, model_files["logreg"],
+                            lifecycle=False)
+    trainer = start_replica(tmp_path, "trainer", database_url, model_files["logreg"])
+    try:
+        assert holder(database, "control")[0] == "serving"  # first up: the experiment loops
+        assert holder(database) == ("trainer", 1)  # the only candidate for the lifecycle
+        with grpc.insecure_channel(serving.admin_address) as channel:
+            admin = Admin(channel, OPERATOR)
+            labelled_traffic(serving, admin, 300)
+            with pytest.raises(grpc.RpcError) as refused:
+                admin.call("Retrain", apb.RetrainRequest(model=MODEL))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "lifecycle is disabled on this gateway" in (refused.value.details() or "")
+        asked = retrain_on(trainer, "on the training replica")
+        finished(runs, asked.id)
+        run = runs.get(asked.id)
+        assert (run.status, run.replica) == ("succeeded", "trainer"), run.error
+        assert run.candidate_version is not None
+        wait_until_served(serving, str(run.candidate_version), 30)
+    finally:
+        trainer.stop()
+        serving.stop()

@@ -22,7 +22,7 @@ import pytest
 from gateway.pb import admin_pb2 as apb
 from lifecycle.db import Database, make_engine
 from lifecycle.domain import PRODUCTION
-from lifecycle.leases import Lease
+from lifecycle.leases import LIFECYCLE_LEASE, Lease
 from lifecycle.registry import Registry
 from lifecycle.runs import RunStore
 from tests import onnx_models
@@ -90,7 +90,7 @@ def database(database_url: str) -> Iterator[Database]:
 
 
 def lease_holder(db: Database) -> tuple[str, int] | None:
-    found = Lease(db, replica="observer").read()
+    found = Lease(db, replica="observer", name=LIFECYCLE_LEASE).read()
     return None if found is None else (found.holder, found.epoch)
 
 
