@@ -18,56 +18,18 @@ from lifecycle.db import Database, make_engine
 from lifecycle.leases import LIFECYCLE_LEASE, Lease
 from lifecycle.runs import RunStore
 from tests.admin.helpers import Admin
-from tests.lifecycle_loop.test_gateway_admin import AUTH, OPERATOR, labelled_traffic
+from tests.lifecycle_loop.test_gateway_admin import OPERATOR, labelled_traffic
 from tests.routing.test_alias_following import wait_until_served
 from tests.support.inprocess import InProcessGateway
+from tests.support.replicas import LEASE_S, MODEL, replica_config
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
-LEASE_S = 2.0
-MODEL = "fraud"
 
 
 def start_replica(root: Path, name: str, url: str, artifact: Path, *,
                   lifecycle: bool = True) -> InProcessGateway:
-    config = root / f"{name}.toml"
-    config.write_text(AUTH + f"""
-[server]
-replica_id = "{name}"
-
-[database]
-url = "{url}"
-
-[artifacts]
-root = "{root / 'artifacts'}"
-
-[traffic]
-policy_sync_s = 0.2
-
-[lifecycle]
-enabled = {str(lifecycle).lower()}
-poll_s = 0.5
-leader_lease_s = {LEASE_S}
-
-[models.{MODEL}]
-artifact = "{artifact}"
-
-[models.{MODEL}.lifecycle]
-estimator = "sklearn.linear_model.LogisticRegression"
-window_s = 3600
-min_rows = 100
-min_per_class = 5
-timeout_s = 120
-
-[models.{MODEL}.lifecycle.gates]
-max_auc_drop = 1.0
-
-[models.{MODEL}.lifecycle.deploy]
-policy = "direct"
-
-[[models.{MODEL}.lifecycle.triggers]]
-kind = "manual"
-""")
+    config = replica_config(root, name, url, artifact, lifecycle=lifecycle)
     settings = load_settings(config, env={}, overrides={
         "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": root / name})
     return InProcessGateway(settings).start()

@@ -28,57 +28,20 @@ from lifecycle.runs import RunStore
 from tests import onnx_models
 from tests.admin.helpers import Admin
 from tests.lifecycle_loop.estimators import SLEEP_ENV
-from tests.lifecycle_loop.test_gateway_admin import AUTH, OPERATOR, labelled_traffic
+from tests.lifecycle_loop.test_gateway_admin import OPERATOR, labelled_traffic
 from tests.routing.test_alias_following import served_version
 from tests.support.databases import only
+from tests.support.replicas import LEASE_S, MODEL, replica_config
 from tests.support.subprocess_gateway import SubprocessGateway
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, only("postgresql")]
-LEASE_S = 2.0
-MODEL = "fraud"
 
 
 def replica(root: Path, name: str, url: str, artifact: Path, *, sleep_s: float = 0
             ) -> SubprocessGateway:
-    config = root / f"{name}.toml"
-    config.write_text(AUTH + f"""
-[server]
-replica_id = "{name}"
-
-[database]
-url = "{url}"
-
-[artifacts]
-root = "{root / 'artifacts'}"
-
-[traffic]
-policy_sync_s = 0.2
-
-[lifecycle]
-poll_s = 0.5
-leader_lease_s = {LEASE_S}
-allowed_estimators = ["sklearn.", "tests.lifecycle_loop.estimators."]
-
-[models.{MODEL}]
-artifact = "{artifact}"
-
-[models.{MODEL}.lifecycle]
-estimator = "tests.lifecycle_loop.estimators.SleepingClassifier"
-window_s = 3600
-min_rows = 100
-min_per_class = 5
-timeout_s = 300
-
-[models.{MODEL}.lifecycle.gates]
-max_auc_drop = 1.0
-
-[models.{MODEL}.lifecycle.deploy]
-policy = "direct"
-
-[[models.{MODEL}.lifecycle.triggers]]
-kind = "manual"
-""")
+    config = replica_config(root, name, url, artifact,
+                            estimator="tests.lifecycle_loop.estimators.SleepingClassifier")
     return SubprocessGateway(config, root / name, env={SLEEP_ENV: str(sleep_s)})
 
 
