@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health, health_pb2
 from prometheus_client import Counter
 
 from gateway.arm_stats import ArmStatsBook
@@ -88,10 +88,10 @@ class GatewayApp:
         self._admin_pool = ThreadPoolExecutor(1, "admin")
         self._grpc: grpc.aio.Server | None = None
         self._admin: grpc.aio.Server | None = None
-        self._admin_health = None
+        self._admin_health: health.aio.HealthServicer | None = None
         self._inference: InferenceServicer | None = None
         self._http: HttpEndpoint | None = None
-        self._health = None
+        self._health: health.aio.HealthServicer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.database: Database | None = None
         self.manager: ModelManager | None = None
@@ -182,6 +182,7 @@ class GatewayApp:
 
         for served in self.manager.models():
             await self._set_health(served.name)
+        assert self._health is not None
         await self._health.set(FEEDBACK_SERVICE, health_pb2.HealthCheckResponse.SERVING
                                if self.request_log else health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -248,7 +249,7 @@ class GatewayApp:
         """The retraining loop (``gateway.lifecycle_runtime``). Its start does database
         work and its scheduler owns threads: off the event loop."""
         assert self.database is not None and self.manager is not None
-        assert self._requests is not None
+        assert self._requests is not None and self._canary is not None
         loop = asyncio.get_running_loop()
         self.lifecycle = build_lifecycle(
             self.settings, database=self.database, registry=registry, artifacts=artifacts,
@@ -343,9 +344,9 @@ class GatewayApp:
             await asyncio.get_running_loop().run_in_executor(None, keeper.stop)
         grace = self.settings.shutdown_grace_s
         deadline = time.monotonic() + grace
-        for health in (self._admin_health, self._health):
-            if health is not None:
-                await health.enter_graceful_shutdown()
+        for servicer in (self._admin_health, self._health):
+            if servicer is not None:
+                await servicer.enter_graceful_shutdown()
         if self._inference is not None:
             await self._drain_inference(self._inference, deadline)
         # Both ports drain at once under one grace (the admin port still stops taking calls

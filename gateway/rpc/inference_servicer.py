@@ -112,8 +112,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
-        from gateway.datatypes import V2_TO_TRITON_ENUM
-
         try:
             served, signature = self._signature(request)
         except Exception as exc:
@@ -128,9 +126,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         config = pb.ModelConfig(
             name=served.name, platform=PLATFORM, backend="onnxruntime",
             max_batch_size=batching.max_batch_size if batching is not None else 0,
-            input=[pb.ModelInput(name=t.name, data_type=V2_TO_TRITON_ENUM[t.datatype],
+            input=[pb.ModelInput(name=t.name, data_type=_triton_type(t.datatype),
                                  dims=t.shape[skip:]) for t in signature.inputs],
-            output=[pb.ModelOutput(name=t.name, data_type=V2_TO_TRITON_ENUM[t.datatype],
+            output=[pb.ModelOutput(name=t.name, data_type=_triton_type(t.datatype),
                                    dims=t.shape[skip:]) for t in signature.outputs],
         )
         if batching is not None:
@@ -294,3 +292,10 @@ def _routing_header(context: Any) -> str | None:
         if key == "x-routing-key":
             return value if isinstance(value, str) else None
     return None
+
+
+def _triton_type(datatype: str) -> str:
+    """The ``DataType`` enum's name for a V2 datatype (``TYPE_FP32`` for ``FP32``)."""
+    from gateway.datatypes import V2_TO_TRITON_ENUM
+
+    return pb.DataType.Name(V2_TO_TRITON_ENUM[datatype])
