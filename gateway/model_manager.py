@@ -487,8 +487,11 @@ class ModelManager:
         return self._track(name, signature)
 
     async def close(self) -> None:
+        """Stop serving everything (at shutdown). The stored policies are left alone: only
+        this process's tables forget them, so unloading their versions is no error."""
         for served in self._models.values():
             served.production = None
+            served.policy = None
             served.reroute()
             for version in list(served.versions):
                 await self._retire(served, version)
