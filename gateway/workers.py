@@ -54,6 +54,7 @@ from gateway.http import HttpEndpoint
 from gateway.metrics import forget_process, multiprocess_registry
 from gateway.rpc.server import PortInUse
 from gateway.settings import Settings
+from lifecycle.leases import pid_alive
 
 __all__ = ["Supervisor", "reserve_port", "run_supervisor"]
 
@@ -113,12 +114,8 @@ def _sweep_stale_run_dirs() -> None:
         pid = path.name[len(RUN_DIR_PREFIX):].split("-", 1)[0]
         if not pid.isdigit():
             continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, someone else's
 
 
 @dataclass

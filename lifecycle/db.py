@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
@@ -68,6 +68,7 @@ from sqlalchemy import (
     text,
     true,
 )
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -94,6 +95,7 @@ __all__ = [
     "replica_table",
     "request_log_table",
     "run_step_table",
+    "rowcount",
     "run_table",
     "traffic_policy_table",
     "translate_errors",
@@ -341,6 +343,12 @@ def lock_for_migration(connection: Connection) -> None:
         connection.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
         )
+
+
+def rowcount(result: Any) -> int:
+    """Rows an UPDATE or DELETE matched. DML through ``Session.execute`` returns a
+    ``CursorResult``; its static type is ``Result``, which has no ``rowcount``."""
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 # ---------------------------------------------------------------- table mapping

@@ -31,12 +31,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.engine import CursorResult
 
-from lifecycle.db import Database, lease_table
+from lifecycle.db import Database, lease_table, rowcount
 from lifecycle.errors import ConflictError, LifecycleError
 from lifecycle.loop_errors import NotLeader
 
@@ -55,10 +53,6 @@ _L = lease_table.c
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
-
-def _rowcount(result: Any) -> int:
-    # An UPDATE through Session.execute returns a CursorResult; the static type is Result.
-    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def pid_alive(pid: int) -> bool:
@@ -169,7 +163,7 @@ class Lease:
 
     def _renew(self, epoch: int, now: float) -> bool:
         with self._db.write() as s:
-            done = _rowcount(s.execute(update(lease_table).where(
+            done = rowcount(s.execute(update(lease_table).where(
                 _L.name == self.name, _L.holder == self.replica, _L.epoch == epoch,
             ).values(beat=_L.beat + 1, renewed_at=self._clock())))
         if done != 1:
@@ -183,7 +177,7 @@ class Lease:
         stamp = self._clock()
         epoch = seen.epoch + 1
         with self._db.write() as s:
-            done = _rowcount(s.execute(update(lease_table).where(
+            done = rowcount(s.execute(update(lease_table).where(
                 _L.name == self.name, _L.holder == seen.holder, _L.epoch == seen.epoch,
                 _L.beat == seen.beat,
             ).values(holder=self.replica, host=self._host, pid=self._pid, epoch=epoch, beat=0,

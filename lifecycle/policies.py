@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, Result, RowMapping, delete, insert, select, update
+from sqlalchemy import RowMapping, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from lifecycle.db import (
@@ -31,6 +31,7 @@ from lifecycle.db import (
     VersionRow,
     bandit_count_table,
     canary_table,
+    rowcount,
     traffic_policy_table,
 )
 from lifecycle.domain import PRODUCTION
@@ -271,7 +272,7 @@ class PolicyStore:
                    c.status.in_(tuple(allowed)))
             .values(revision=c.revision + 1, **values)
         )
-        if _rowcount(result) != 1:
+        if rowcount(result) != 1:
             raise ConflictError(
                 f"the canary of model '{state.model}' changed since revision {state.revision}"
             )
@@ -296,7 +297,7 @@ class PolicyStore:
                 .where(c.experiment_id == experiment_id, c.version == version)
                 .values(successes=c.successes + successes, failures=c.failures + failures)
             )
-            return _rowcount(result) > 0
+            return rowcount(result) > 0
 
     def record_reward(self, experiment_id: str, version: int, reward: bool) -> bool:
         """Count one binary reward (see ``add_rewards``)."""
@@ -357,7 +358,7 @@ def _put_policy(s: Session, model: str, policy: Policy, actor: str, now: datetim
     values = {"experiment_id": policy.experiment_id, "kind": policy.kind,
               "body": policy.to_json(), "updated_at": now, "actor": actor}
     t = traffic_policy_table
-    if _rowcount(s.execute(update(t).where(t.c.model == model).values(**values))) == 0:
+    if rowcount(s.execute(update(t).where(t.c.model == model).values(**values))) == 0:
         s.execute(insert(t).values(model=model, **values))
 
 
@@ -391,10 +392,6 @@ def _canary_state(row: RowMapping) -> CanaryState:
         reason=row["reason"],
     )
 
-
-def _rowcount(result: Result[Any]) -> int:
-    # DML through Session.execute returns a CursorResult; the static type is Result.
-    return cast(CursorResult[Any], result).rowcount
 
 
 def _json(policy: Policy | None) -> dict[str, Any] | None:

@@ -34,7 +34,7 @@ from typing import Any
 
 from sqlalchemy import Insert, delete, insert, select, update
 
-from lifecycle.db import Database, lease_table, replica_table
+from lifecycle.db import Database, lease_table, replica_table, rowcount
 from lifecycle.errors import InvalidArgument
 from lifecycle.leases import CONTROL_LEASE
 
@@ -207,8 +207,8 @@ class ReplicaStore:
             upsert = self._upsert(replica_id, values)
             if upsert is not None:
                 s.execute(upsert)
-            elif s.execute(update(replica_table).where(_C.id == replica_id)
-                           .values(**values)).rowcount == 0:  # type: ignore[attr-defined]
+            elif rowcount(s.execute(update(replica_table).where(_C.id == replica_id)
+                                    .values(**values))) == 0:
                 s.execute(insert(replica_table).values(id=replica_id, **values))
         return ReplicaState(replica_id, host, pid, started_at, now, period_s, dict(serving))
 
@@ -235,7 +235,7 @@ class ReplicaStore:
         """Forget ``replica_id`` (its clean stop); True when it had a row."""
         with self._db.write(exclusive=False) as s:
             result = s.execute(delete(replica_table).where(_C.id == replica_id))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return bool(rowcount(result))
 
     def prune(self, older_than: timedelta) -> tuple[str, ...]:
         """Forget replicas silent for longer than ``older_than`` (killed, not stopped);

@@ -26,7 +26,7 @@ import numpy as np
 from sqlalchemy import RowMapping, func, insert, select, update
 from sqlalchemy.engine import CursorResult
 
-from lifecycle.db import Database, ModelRow, run_step_table, run_table
+from lifecycle.db import Database, ModelRow, rowcount, run_step_table, run_table
 from lifecycle.errors import ConflictError, InvalidArgument, ModelNotFound
 from lifecycle.loop_errors import RunInProgress, RunNotFound
 
@@ -228,7 +228,7 @@ class RunStore:
             where.append(_R.epoch.is_(None))
         with self._db.write() as s:
             result = s.execute(update(run_table).where(*where).values(**values))
-            if _rowcount(result) != 1:
+            if rowcount(result) != 1:
                 raise RunNotFound(run_id)
             return _run(s.execute(select(run_table).where(_R.id == run_id)).mappings().one())
 
@@ -331,10 +331,6 @@ def _step(row: RowMapping) -> RunStep:
         duration_s=row["duration_s"], detail=dict(row["detail"]), log=row["log"],
     )
 
-
-def _rowcount(result: Any) -> int:
-    # DML through Session.execute returns a CursorResult; the static type is Result.
-    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def _json(value: Any, what: str) -> Any:

@@ -226,11 +226,10 @@ class LifecycleScheduler:
 
     def _submit(self, run_id: int, config: LifecycleConfig) -> None:
         executor = self._executor
+        assert executor is not None, "runs are submitted only once started"
         with self._lock:
             self._mine.add(run_id)
         try:
-            if executor is None:
-                raise RuntimeError("no executor")
             executor.submit(self._execute, run_id, config)
         except RuntimeError as exc:  # the executor shut down between our check and now
             with self._lock:

@@ -81,7 +81,7 @@ def _run_logged(
             sink.write(line)
             sys.stderr.write(line)
             if time.monotonic() > deadline:
-                _stop_group(proc)
+                stop_group(proc)
                 raise CommandError(f"{argv[0]} … overran {timeout_s:.0f}s")
         if proc.wait() != 0:
             raise CommandError(
@@ -89,7 +89,7 @@ def _run_logged(
             )
 
 
-def _stop_group(proc: subprocess.Popen[Any]) -> None:
+def stop_group(proc: subprocess.Popen[Any]) -> None:
     """SIGTERM the process group, SIGKILL it if it lingers."""
     for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
         try:
@@ -107,7 +107,7 @@ def _stop_group(proc: subprocess.Popen[Any]) -> None:
             continue
 
 
-def _wait_port_file(path: Path, proc: subprocess.Popen[Any], timeout_s: float) -> dict[str, int]:
+def wait_port_file(path: Path, proc: subprocess.Popen[Any], timeout_s: float) -> dict[str, int]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -210,7 +210,7 @@ def measure_gateway(
     with (sitting / f"{profile.name}-server.log").open("w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            ports = _wait_port_file(port_file, proc, 120)
+            ports = wait_port_file(port_file, proc, 120)
             target = f"127.0.0.1:{ports['grpc']}"
             for model in models:
                 wire.wait_model_ready(target, model, timeout_s=120)
@@ -249,7 +249,7 @@ def measure_gateway(
                             f"p99={row.get('p99_us')} rc={row['rc']}"
                         )
         finally:
-            _stop_group(proc)
+            stop_group(proc)
     return rows
 
 

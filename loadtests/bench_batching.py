@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from loadtests.bench import _stop_group, _wait_port_file
+from loadtests.bench import stop_group, wait_port_file
 from loadtests.bench_probe import perf_analyzer
 from loadtests.events import gateway_argv
 from loadtests.models import mlp_model
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         proc = subprocess.Popen(argv_, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
-            target = f"127.0.0.1:{_wait_port_file(ports, proc, 180)['grpc']}"
+            target = f"127.0.0.1:{wait_port_file(ports, proc, 180)['grpc']}"
             for name in artifacts:
                 row: dict[str, Any] = {"model": name}
                 for kind, model, shape in (("unbatched", name, "input:1,20"),
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     row["p99_bound_us"] = args.delay_us + row["batch_compute_us"] + p99
                 rows.append(row)
         finally:
-            _stop_group(proc)
+            stop_group(proc)
     text = render(rows, args, commands, datetime.now().astimezone().strftime(
         "%Y-%m-%d %H:%M %Z"))
     (work / "report.md").write_text(text)

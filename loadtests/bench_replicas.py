@@ -53,14 +53,14 @@ from typing import Any
 import grpc
 
 from loadtests import bench_replicas_report, wire
-from loadtests.bench import _stop_group, _wait_port_file
+from loadtests.bench import stop_group, wait_port_file
 from loadtests.bench_postgres import Database, drop_database, open_database, postgres_cpu_probe
 from loadtests.bench_probe import TICK, group_cpu_seconds
 from loadtests.bench_profiles import TOKEN, second_version
 from loadtests.drivers import Bounds, ClosedLoop
 from loadtests.errors import LoadtestError, RunError
 from loadtests.events import gateway_argv
-from loadtests.runner import RunConfig, _run_spawned, split
+from loadtests.runner import RunConfig, run_spawned, split
 from loadtests.stats import Snapshot, latency_summary
 from loadtests.workload import RandomPayload, RequestPool, build_pool, specs_from_metadata
 
@@ -155,11 +155,11 @@ def serving(name: str, work: Path, config: str, tag: str) -> Iterator[Replica]:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
-            replica = Replica(name, proc, _wait_port_file(port_file, proc, 180))
+            replica = Replica(name, proc, wait_port_file(port_file, proc, 180))
             wire.wait_model_ready(replica.grpc_target, MODEL, timeout_s=120)
             yield replica
         finally:
-            _stop_group(proc)
+            stop_group(proc)
 
 
 def _admin(argv: Sequence[str], timeout_s: float = 120) -> str:
@@ -261,7 +261,7 @@ def run_spread(config: RunConfig, targets: Sequence[str], pool: RequestPool,
                on_start: Callable[[float, Sequence[int]], None]) -> Snapshot:
     """``run_load``'s multi-process run with client process ``i`` on ``targets[i % n]``."""
     specs = [replace(s, target=targets[s.index % len(targets)]) for s in split(config)]
-    return _run_spawned(specs, pool, config.bounds, on_start)
+    return run_spawned(specs, pool, config.bounds, on_start)
 
 
 def measure_throughput(label: str, replicas: Sequence[Replica], pool: RequestPool,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests import wire
-from loadtests.bench import _stop_group, _wait_port_file
+from loadtests.bench import stop_group, wait_port_file
 from loadtests.bench_probe import ForeignLoad, group_cpu_seconds, perf_analyzer
 from loadtests.bench_profiles import PROFILES, TOKEN, gateway_config, second_version, setup_commands
 from loadtests.events import gateway_argv
@@ -49,7 +49,7 @@ def start(profile_name: str, model: str, sitting: Path, anchors: Path
     print("$ " + " ".join(argv), flush=True)
     log = (sitting / f"{profile_name}-server.log").open("w")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    ports = _wait_port_file(port_file, proc, 180)
+    ports = wait_port_file(port_file, proc, 180)
     target = f"127.0.0.1:{ports['grpc']}"
     wire.wait_model_ready(target, model, timeout_s=120)
     connection = ["--target", f"127.0.0.1:{ports['admin']}", "--token", TOKEN]
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"written: {sitting / 'shadow.json'}")
     finally:
         for proc, _ in servers.values():
-            _stop_group(proc)
+            stop_group(proc)
     return 0
 
 

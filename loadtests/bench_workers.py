@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests import wire
+from loadtests.bench import stop_group, wait_port_file
 from loadtests.bench_probe import ForeignLoad, group_cpu_seconds, perf_analyzer
 from loadtests.bench_profiles import PROFILES, TOKEN, gateway_config, second_version, setup_commands
 from loadtests.events import gateway_argv
@@ -46,30 +46,6 @@ def _worker_split(http_port: int) -> dict[str, float]:
     with urllib.request.urlopen(url, timeout=10) as page:
         text = page.read().decode()
     return {w: float(n) for w, n in _WORKER_SAMPLE.findall(text)}
-
-
-def _wait_port_file(path: Path, proc: subprocess.Popen[Any], timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode} before writing {path}")
-        if path.exists():
-            return dict(json.loads(path.read_text()))
-        time.sleep(0.1)
-    raise RuntimeError(f"gateway did not write {path} within {timeout_s:.0f}s")
-
-
-def _stop_group(proc: subprocess.Popen[Any]) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 60.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def measure(workers: int, profile_name: str, sitting: Path, anchors: Path,
@@ -89,7 +65,7 @@ def measure(workers: int, profile_name: str, sitting: Path, anchors: Path,
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
-            ports = _wait_port_file(port_file, proc, 180)
+            ports = wait_port_file(port_file, proc, 180)
             target = f"127.0.0.1:{ports['grpc']}"
             wire.wait_model_ready(target, MODEL, timeout_s=120)
             connection = ["--target", f"127.0.0.1:{ports['admin']}", "--token", TOKEN]
@@ -107,7 +83,7 @@ def measure(workers: int, profile_name: str, sitting: Path, anchors: Path,
             cores = (group_cpu_seconds(proc.pid) - cpu0) / wall
             split = {w: n - split0.get(w, 0.0) for w, n in _worker_split(ports["http"]).items()}
         finally:
-            _stop_group(proc)
+            stop_group(proc)
     row.update(workers=workers, profile=profile_name, concurrency=concurrency, rep=rep,
                server_cores=round(cores, 3), worker_split=split)
     return row

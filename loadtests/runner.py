@@ -151,7 +151,7 @@ def run_load(
         if config.processes == 1:
             snapshot = _run_inline(specs[0], pool, on_start)
         else:
-            snapshot = _run_spawned(specs, pool, config.bounds, on_start)
+            snapshot = run_spawned(specs, pool, config.bounds, on_start)
     finally:
         if progress is not None:
             progress.end()
@@ -196,7 +196,7 @@ def _receive(conns: Sequence[Connection], deadline: float, expect: str) -> dict[
     return got
 
 
-def _run_spawned(
+def run_spawned(
     specs: Sequence[WorkerSpec],
     pool: RequestPool,
     bounds: Bounds,

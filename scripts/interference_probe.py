@@ -29,9 +29,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadtests.bench import stop_group, wait_port_file  # noqa: E402
 
 BURNER = ("import os\n"
           "os.environ['OPENBLAS_NUM_THREADS'] = '1'\n"
@@ -51,13 +54,7 @@ def start_gateway(artifact: Path, root: Path) -> tuple[subprocess.Popen[bytes], 
                              str(root / "data"), "--port-file", str(port_file)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the gateway did not start")
-        time.sleep(0.1)
-    time.sleep(0.2)
-    return proc, json.loads(port_file.read_text())
+    return proc, wait_port_file(port_file, proc, 120)
 
 
 def harness(target: str, *args: str, output: Path) -> dict[str, Any]:
@@ -130,8 +127,7 @@ def main() -> int:
             if args.output:
                 args.output.write_text(json.dumps({"rate": rate, "summary": summary}, indent=2))
         finally:
-            os.killpg(gateway.pid, signal.SIGTERM)
-            gateway.wait(60)
+            stop_group(gateway)
     return 0
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from loadtests.bench import _stop_group, _wait_port_file  # noqa: E402
+from loadtests.bench import stop_group, wait_port_file  # noqa: E402
 from loadtests.bench_probe import group_cpu_seconds  # noqa: E402
 from loadtests.bench_profiles import (  # noqa: E402
     PROFILES,
@@ -83,7 +83,7 @@ def main() -> int:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        bound = _wait_port_file(ports, proc, 120)
+        bound = wait_port_file(ports, proc, 120)
         target = f"127.0.0.1:{bound['grpc']}"
         v2 = second_version(args.anchors_dir / "models" / f"{args.model}.onnx",
                             work / "v2.onnx")
@@ -109,7 +109,7 @@ def main() -> int:
         throughput = float(dict(zip(rows[0].split(","), rows[-1].split(","), strict=True))
                            ["Inferences/Second"])
     finally:
-        _stop_group(proc)
+        stop_group(proc)
     requests = throughput * wall
     steps: Counter[str] = Counter()
     for line in raw.read_text().splitlines():

@@ -8,7 +8,6 @@ when their batch is full, so a test that sees a batch of 4 saw a size-triggered 
 from __future__ import annotations
 
 import re
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +22,7 @@ from gateway.pb import grpc_service_pb2_grpc as pb_grpc
 from tests.batching.conftest import NEVER_US, OPERATOR_TOKEN, POISON_TABLE
 from tests.gateway.test_inference_rpc import decode, raw_request
 from tests.support.inprocess import InProcessGateway
+from tests.support.waiting import wait_until
 
 
 def stub(channel: grpc.Channel) -> pb_grpc.GRPCInferenceServiceStub:
@@ -222,10 +222,8 @@ def test_a_full_queue_sheds_and_a_drain_sends_what_is_queued(
         waiting = [pool.submit(stub(channel).ModelInfer,
                                raw_request("drained", "a", "FP32", x, id=f"d-{i}"), timeout=30)
                    for i, x in enumerate(xs)]
-        deadline = time.monotonic() + 20
-        while inflight(batching_server, "drained") < 2:
-            assert time.monotonic() < deadline, "the two requests never reached the queue"
-            time.sleep(0.02)
+        wait_until(lambda: inflight(batching_server, "drained") >= 2, 20,
+                   "the two requests reaching the queue")
 
         with pytest.raises(grpc.RpcError) as shed:
             stub(channel).ModelInfer(raw_request("drained", "a", "FP32", rows(1, 9)),

@@ -4,7 +4,6 @@ RESOURCE_EXHAUSTED, and serving resumes as soon as calls in progress end."""
 from __future__ import annotations
 
 import queue
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from gateway.settings import load_settings
 from tests.conftest import write_config
 from tests.gateway.test_inference_rpc import raw_request, stub
 from tests.support.inprocess import InProcessGateway
+from tests.support.waiting import wait_until
 
 LIMIT = 2
 
@@ -57,13 +57,13 @@ def test_calls_beyond_the_limit_are_shed_and_serving_resumes(
         for outbox, replies in streams:
             outbox.put(None)
             assert list(replies) == []
-        deadline = time.monotonic() + 10
-        while True:  # the server frees a slot when it has seen the stream end
+        def answered() -> pb.ModelInferResponse | None:
             try:
-                response = stub(channel).ModelInfer(request(), timeout=10)
-                break
+                return stub(channel).ModelInfer(request(), timeout=10)
             except grpc.RpcError as error:
                 assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                assert time.monotonic() < deadline, "no slot freed within 10 s"
-                time.sleep(0.05)
+                return None
+
+        # The server frees a slot when it has seen the stream end.
+        response = wait_until(answered, 10, "a slot freed", interval=0.05)
         assert response.model_name == "logreg"

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.pb import admin_pb2 as apb
 from gateway.pb import admin_pb2_grpc
-from loadtests.bench import _stop_group
+from loadtests.bench import stop_group
 from loadtests.bench_profiles import TOKEN
 from loadtests.bench_shadow import PAIR, start
 from tests import onnx_models
@@ -46,4 +46,4 @@ def test_both_configurations_serve_side_by_side_with_their_policies(tmp_path: Pa
         assert [(s.version, s.fraction) for s in shadow.policy.shadows] == [(2, 0.2)]
     finally:
         for proc, _ in servers.values():
-            _stop_group(proc)
+            stop_group(proc)

@@ -22,6 +22,7 @@ from gateway.pb import grpc_service_pb2_grpc as pb_grpc
 from gateway.request_log.journal import Journal
 from lifecycle.db import Database, make_engine
 from lifecycle.request_store import RequestStore
+from tests.support.waiting import wait_until
 
 
 def spin_model(width: int = 64) -> bytes:
@@ -132,13 +133,12 @@ class ClosedLoad:
 
     def wait_for(self, predicate: Callable[[list[Outcome]], bool], timeout: float = 60,
                  what: str = "load condition") -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate(list(self.outcomes)):
-            if time.monotonic() > deadline:
-                codes = sorted({o.code.name for o in self.outcomes})
-                raise AssertionError(f"{what} not met within {timeout} s "
-                                     f"({len(self.outcomes)} outcomes, codes {codes})")
-            time.sleep(0.01)
+        try:
+            wait_until(lambda: predicate(list(self.outcomes)), timeout, what, interval=0.01)
+        except AssertionError as exc:
+            codes = sorted({o.code.name for o in self.outcomes})
+            raise AssertionError(f"{exc} ({len(self.outcomes)} outcomes, codes {codes})"
+                                 ) from None
 
     def stop(self) -> None:
         self._stop.set()

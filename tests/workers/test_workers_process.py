@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -270,7 +269,7 @@ class Load:
                 infer(self._channels[i], request_id)
             except grpc.RpcError as exc:
                 self.failed.append(f"{exc.code().name}: {exc.details()}")
-                time.sleep(0.01)
+                self._stop.wait(0.01)  # back off, but stop at once when told
                 continue
             self.answered.append(request_id)
 
