@@ -35,20 +35,19 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import statistics
 import subprocess
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
@@ -60,6 +59,7 @@ from loadtests.bench_postgres import (
     postgres_cpu_probe,
 )
 from loadtests.bench_probe import ForeignLoad, group_cpu_seconds, perf_analyzer
+from loadtests.database_lock import write_locked
 from loadtests.drivers import Bounds, ClosedLoop
 from loadtests.errors import ConfigError, RunError
 from loadtests.events import gateway_argv
@@ -70,6 +70,7 @@ from loadtests.workload import RandomPayload, build_pool, specs_from_metadata
 
 MODES = ("off", "on")
 DB_DOWN = "on, database locked"
+LOG_TABLES = ("request_log", "feedback")
 LOG_METRICS = ("logged", "spilled", "replayed", "dropped")
 GAUGES = ("backlog_bytes", "queue_depth", "queue_bytes")
 ANSWERED = "gateway_requests_total"
@@ -217,28 +218,6 @@ def kept_up(row: dict[str, Any], window_s: float) -> bool:
     drain = row["drain_s"]
     return (row["spilled_load"] == 0 and row["dropped_load"] == 0
             and row["rows"] == row["answered"] and drain is not None and drain <= window_s)
-
-
-@contextlib.contextmanager
-def locked(database_url: str) -> Iterator[None]:
-    """Another connection holds the request log's write lock until the block ends."""
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite":
-        conn = sqlite3.connect(url.database or "", isolation_level=None, timeout=30)
-        try:
-            conn.execute("BEGIN EXCLUSIVE")
-            yield
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
-        return
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as pg, pg.begin():
-            pg.exec_driver_sql("LOCK TABLE request_log, feedback IN EXCLUSIVE MODE")
-            yield
-    finally:
-        engine.dispose()
 
 
 class Gateway:
@@ -440,7 +419,9 @@ class Logging:
                 timeout_s=args.timeout, label=f"{mode}")
             sampler = (MetricsSampler(gateway.ports["http"], args.model, args.metrics_interval)
                        if logging_on else contextlib.nullcontext())
-            with locked(gateway.database_url) if mode == DB_DOWN else contextlib.nullcontext():
+            outage = (write_locked(gateway.database_url, LOG_TABLES) if mode == DB_DOWN
+                      else contextlib.nullcontext())
+            with outage:
                 cpu0, foreign, t0 = gateway.cpu_seconds(), ForeignLoad(), time.monotonic()
                 pg0 = pg_cpu() if pg_cpu else 0.0
                 with sampler:

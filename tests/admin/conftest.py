@@ -7,7 +7,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway.settings import load_settings
 from tests import onnx_models
 from tests.admin.helpers import ENV_TOKEN, MAX_UPLOAD, OPERATOR_TOKEN, READER_TOKEN, Admin
 from tests.conftest import write_config
@@ -40,9 +39,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory,
     tokens; shared by a test module (tests use models of their own to stay apart)."""
     root = tmp_path_factory.mktemp("admin")
     config = write_config(root / "gateway.toml", {"fraud": model_files["logreg"]}, AUTH)
-    settings = load_settings(config, env={"GATEWAY_ADMIN_TOKEN": ENV_TOKEN}, overrides={
-        "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": root / "data"})
-    server = InProcessGateway(settings).start()
+    server = InProcessGateway.start_from(config, root / "data",
+                                         env={"GATEWAY_ADMIN_TOKEN": ENV_TOKEN})
     yield server
     server.stop()
 

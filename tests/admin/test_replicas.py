@@ -15,14 +15,13 @@ import pytest
 
 from gateway.pb import admin_pb2 as apb
 from gateway.replica_state import ReplicaPublisher
-from gateway.settings import load_settings
 from lifecycle.db import Database
 from lifecycle.replicas import ReplicaStore
+from loadtests.database_lock import write_locked
 from tests import onnx_models
 from tests.admin.cli_support import gateway_cli, ok
 from tests.admin.helpers import OPERATOR_TOKEN, Admin
 from tests.conftest import write_config
-from tests.support.databases import write_locked
 from tests.support.inprocess import InProcessGateway
 from tests.support.waiting import wait_until
 
@@ -45,10 +44,7 @@ def replicas(tmp_path: Path, model_files: dict[str, Path]
         for name in ("a", "b"):
             config = write_config(tmp_path / f"{name}.toml", {MODEL: model_files["logreg"]},
                                   config_extra(name))
-            settings = load_settings(config, env={}, overrides={
-                "grpc_port": 0, "http_port": 0, "admin_port": 0,
-                "data_dir": tmp_path / "shared"})
-            running[name] = InProcessGateway(settings).start()
+            running[name] = InProcessGateway.start_from(config, tmp_path / "shared")
         yield running
     finally:
         for gateway in running.values():

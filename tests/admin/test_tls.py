@@ -14,7 +14,6 @@ from gateway.pb import admin_pb2 as apb
 from gateway.pb import admin_pb2_grpc
 from gateway.pb import grpc_service_pb2 as ipb
 from gateway.pb import grpc_service_pb2_grpc as ipb_grpc
-from gateway.settings import load_settings
 from tests.admin.helpers import OPERATOR_TOKEN
 from tests.conftest import write_config
 from tests.support.inprocess import InProcessGateway
@@ -44,9 +43,7 @@ def tls_gateway(root: Path, model_files: dict[str, Path], tls: str) -> InProcess
     extra = (f'[auth.tokens.ops]\ntoken = "{OPERATOR_TOKEN}"\nrole = "operator"\n'
              f"[tls]\n{tls}")
     config = write_config(root / "gateway.toml", {"fraud": model_files["logreg"]}, extra)
-    settings = load_settings(config, env={}, overrides={
-        "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": root / "data"})
-    return InProcessGateway(settings).start()
+    return InProcessGateway.start_from(config, root / "data")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from gateway.settings import load_settings
 from tests import onnx_models
 from tests.support.inprocess import InProcessGateway
 
@@ -89,9 +88,7 @@ def batching_server(tmp_path_factory: pytest.TempPathFactory,
                     batching_files: dict[str, Path]) -> Iterator[InProcessGateway]:
     root = tmp_path_factory.mktemp("batching")
     config = batching_config(root / "gateway.toml", batching_files)
-    settings = load_settings(config, env={}, overrides={
-        "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": root / "data"})
-    server = InProcessGateway(settings).start()
+    server = InProcessGateway.start_from(config, root / "data")
     yield server
     server.stop()
 

@@ -6,7 +6,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway.settings import load_settings
 from tests.conftest import write_config
 from tests.support.inprocess import InProcessGateway
 
@@ -18,9 +17,7 @@ def core_server(tmp_path_factory: pytest.TempPathFactory,
     root = tmp_path_factory.mktemp("core")
     config = write_config(root / "gateway.toml", model_files,
                           '[server]\nmax_message_bytes = 1048576\n')
-    settings = load_settings(config, env={}, overrides={
-        "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": root / "data"})
-    server = InProcessGateway(settings).start()
+    server = InProcessGateway.start_from(config, root / "data")
     yield server
     server.stop()
 

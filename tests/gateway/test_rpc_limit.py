@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from gateway.pb import grpc_service_pb2 as pb
-from gateway.settings import load_settings
 from tests.conftest import write_config
 from tests.gateway.test_inference_rpc import raw_request, stub
 from tests.support.inprocess import InProcessGateway
@@ -25,9 +24,7 @@ LIMIT = 2
 def limited(tmp_path: Path, model_files: dict[str, Path]) -> Iterator[InProcessGateway]:
     config = write_config(tmp_path / "gateway.toml", model_files,
                           f"[server]\nmax_concurrent_rpcs = {LIMIT}\n")
-    settings = load_settings(config, env={}, overrides={
-        "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": tmp_path / "data"})
-    server = InProcessGateway(settings).start()
+    server = InProcessGateway.start_from(config, tmp_path / "data")
     yield server
     server.stop()
 

@@ -14,7 +14,6 @@ from google.protobuf import json_format
 
 from examples.demo_clients import Traffic
 from gateway.pb import admin_pb2 as apb
-from gateway.settings import load_settings
 from lifecycle.db import Database, make_engine
 from lifecycle.registry import Registry
 from lifecycle.runs import RunStore
@@ -68,9 +67,7 @@ def config(root: Path, artifact: Path, *, estimator: str = "sklearn.linear_model
 
 
 def start(path: Path, data: Path) -> InProcessGateway:
-    settings = load_settings(path, env={}, overrides={
-        "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": data})
-    return InProcessGateway(settings).start()
+    return InProcessGateway.start_from(path, data)
 
 
 def labelled_traffic(gateway: InProcessGateway, admin: Admin, rows: int) -> None:

@@ -13,7 +13,6 @@ import grpc
 import pytest
 
 from gateway.pb import admin_pb2 as apb
-from gateway.settings import load_settings
 from lifecycle.db import Database, make_engine
 from lifecycle.leases import LIFECYCLE_LEASE, Lease
 from lifecycle.runs import RunStore
@@ -30,9 +29,7 @@ pytestmark = pytest.mark.slow
 def start_replica(root: Path, name: str, url: str, artifact: Path, *,
                   lifecycle: bool = True) -> InProcessGateway:
     config = replica_config(root, name, url, artifact, lifecycle=lifecycle)
-    settings = load_settings(config, env={}, overrides={
-        "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": root / name})
-    return InProcessGateway(settings).start()
+    return InProcessGateway.start_from(config, root / name)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from typing import TypeVar
 import grpc
 import pytest
 
-from gateway.settings import load_settings
 from tests.conftest import DATATYPES, write_config
 from tests.support.inprocess import InProcessGateway
 
@@ -37,9 +36,7 @@ FUZZ_MODELS = ("logreg", "two_out", "fixed", *(f"id_{dt.lower()}" for dt in DATA
 def in_process(root: Path, models: dict[str, Path], extra: str = "",
                env: dict[str, str] | None = None) -> InProcessGateway:
     config = write_config(root / "gateway.toml", models, extra)
-    settings = load_settings(config, env=env or {}, overrides={
-        "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": root / "data"})
-    return InProcessGateway(settings).start()
+    return InProcessGateway.start_from(config, root / "data", env=env)
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,10 @@ from google.protobuf import json_format
 from gateway.pb import admin_pb2 as apb
 from gateway.pb import admin_pb2_grpc
 from gateway.pb import grpc_service_pb2 as pb
+from loadtests.database_lock import write_locked
 from tests import onnx_models
 from tests.reliability.conftest import AUTH_CONFIG, OPERATOR
 from tests.reliability.support import ClosedLoad, journal_backlog, make_request
-from tests.request_log.conftest import database_locked
 from tests.request_log.gateway_support import metric, metrics
 from tests.support.subprocess_gateway import SubprocessGateway
 from tests.support.waiting import wait_until
@@ -169,7 +169,7 @@ def test_kill_9_under_load_and_admin_writes_then_restart_keeps_the_control_plane
         wait_until(lambda: len(mover.acked) >= 20, 30, "20 alias moves")
         # The database goes away for the last stretch: those records live only in the
         # journal when the process dies, so the restart must replay them.
-        with database_locked(data / "gateway.db"):
+        with write_locked(f"sqlite:///{data / 'gateway.db'}"):
             seen = len(load.ok())
             load.wait_for(lambda o: sum(x.code == grpc.StatusCode.OK for x in o) >= seen + 200,
                           what="200 more answered requests")

@@ -5,9 +5,7 @@ and a factory of started engines that are stopped at teardown."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +23,6 @@ BUSY_TIMEOUT_MS = 20
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
-
-
-@contextmanager
-def database_locked(path: Path) -> Iterator[None]:
-    """Another connection holds SQLite's write lock: every insert fails with 'database is
-    locked' after the busy timeout, until the block ends."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
-    try:
-        conn.execute("BEGIN EXCLUSIVE")
-        yield
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
 
 
 def short_busy_engine(url: str) -> Any:

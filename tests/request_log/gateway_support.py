@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ from gateway.pb import admin_pb2_grpc, feedback_pb2_grpc
 from gateway.pb import feedback_pb2 as fpb
 from gateway.pb import grpc_service_pb2 as ipb
 from gateway.pb import grpc_service_pb2_grpc as ipb_grpc
+from tests.support.inprocess import InProcessGateway
+from tests.support.waiting import wait_until
 
 TOKEN = "ops-secret"
 AUTH_CONFIG = f'[auth.tokens.ops]\ntoken = "{TOKEN}"\nrole = "operator"\n'
@@ -158,3 +161,43 @@ class Load:
         self._stop.set()
         for worker in self._workers:
             worker.join(30)
+
+
+def flushed(gateway: InProcessGateway, timeout: float = 30) -> None:
+    assert gateway.app.request_log is not None
+    assert gateway.app.request_log.flush(timeout)
+
+
+def assert_an_outage_loses_nothing(gateway: InProcessGateway, clients: Clients, model: str,
+                                   outage: AbstractContextManager[object]) -> None:
+    """Inferences on ``model`` from three threads through ``outage`` (the database refusing
+    the log's writes): none fails and at least 200 are answered during it, while the log's
+    inserts fail and spill to the journal; afterwards every answered request is stored
+    exactly once, replayed from the journal."""
+    registry = gateway.app.metrics.registry
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    failed = value("gateway_request_log_failed_inserts_total")
+    spilled = value("gateway_request_log_spilled_total", kind="request")
+    load = Load(clients, model, "outage", threads=3).start()
+    try:
+        load.wait_for(100)
+        with outage:
+            started_at = len(load.received)
+            wait_until(lambda: value("gateway_request_log_failed_inserts_total") > failed
+                       and value("gateway_request_log_spilled_total", kind="request") > spilled
+                       and len(load.received) > started_at + 200, 60,
+                       "inserts failing, batches spilling and serving going on")
+            during = len(load.received) - started_at
+        load.wait_for(len(load.received) + 100)
+    finally:
+        load.stop()
+    assert load.failures == []
+    assert during >= 200
+    flushed(gateway, timeout=60)
+    records = clients.query(model, omit_payload=True)
+    assert len(records) == len({r.record_id for r in records})
+    assert sorted(r.request_id for r in records) == sorted(load.received)
+    assert value("gateway_request_log_replayed_total", kind="request") > 0

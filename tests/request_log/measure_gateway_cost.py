@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from gateway.dataplane import DataPlane
-from gateway.settings import load_settings
 from gateway.types import InferInput, InferRequest
 from tests.onnx_models import logreg_like_model
 from tests.support.inprocess import InProcessGateway
@@ -50,9 +49,7 @@ def main(n: int) -> None:
     (root / "m.onnx").write_bytes(logreg_like_model())
     (root / "g.toml").write_text(f'[models.m]\nartifact = "{root / "m.onnx"}"\n'
                                  "[request_log]\nqueue_max = 1000000\n")
-    settings = load_settings(root / "g.toml", env={}, overrides={
-        "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": root / "data"})
-    gateway = InProcessGateway(settings).start()
+    gateway = InProcessGateway.start_from(root / "g.toml", root / "data")
     app = gateway.app
     assert app.manager is not None and app.request_log is not None
     pool = ThreadPoolExecutor(1)

@@ -17,16 +17,16 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.pb import feedback_pb2 as fpb
 from gateway.rpc.request_log_converters import from_logged_request
-from gateway.settings import load_settings
 from lifecycle.request_export import training_set_from
+from loadtests.database_lock import write_locked
 from tests.conftest import write_config
-from tests.request_log.conftest import database_locked
 from tests.request_log.gateway_support import (
     AUTH_CONFIG,
     Clients,
-    Load,
+    assert_an_outage_loses_nothing,
     by_request_id,
     features,
+    flushed,
     infer_request,
     metric,
     metrics,
@@ -42,9 +42,7 @@ def start_gateway(root: Path, logreg: Path, extra: str, models: tuple[str, ...] 
                   ) -> InProcessGateway:
     config = write_config(root / "gateway.toml", dict.fromkeys(models, logreg),
                           AUTH_CONFIG + extra)
-    settings = load_settings(config, env={}, overrides={
-        "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": root / "data"})
-    return InProcessGateway(settings).start()
+    return InProcessGateway.start_from(config, root / "data")
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +71,6 @@ def clients(gateway: InProcessGateway) -> Iterator[Clients]:
     c = Clients(gateway.grpc_address, gateway.admin_address)
     yield c
     c.close()
-
-
-def flushed(gateway: InProcessGateway) -> None:
-    assert gateway.app.request_log is not None
-    assert gateway.app.request_log.flush(30)
 
 
 def test_n_requests_are_n_rows_with_byte_exact_tensors(
@@ -172,36 +165,11 @@ def test_streamed_inferences_are_logged_too(gateway: InProcessGateway,
 @pytest.mark.slow  # the database's busy timeout (5 s) must run out
 def test_database_outage_mid_load_fails_nothing_and_loses_or_duplicates_nothing(
         gateway: InProcessGateway, clients: Clients) -> None:
+    # Journal-only meanwhile: batches pile up behind the insert, which fails once the
+    # database's busy timeout (5 s) runs out, and spill.
     db_path = gateway.settings.data_dir / "gateway.db"
-    registry = gateway.app.metrics.registry
-
-    def value(name: str, **labels: str) -> float:
-        return registry.get_sample_value(name, labels) or 0.0
-
-    spilled = value("gateway_request_log_spilled_total", kind="request")
-    failed = value("gateway_request_log_failed_inserts_total")
-    load = Load(clients, "outage", "outage", threads=3).start()
-    try:
-        load.wait_for(100)
-        with database_locked(db_path):
-            locked_at = len(load.received)
-            # Journal-only now: batches pile up behind the insert, which fails once the
-            # database's busy timeout (5 s) runs out, and spill.
-            wait_until(lambda: value("gateway_request_log_failed_inserts_total") > failed
-                       and value("gateway_request_log_spilled_total", kind="request") > spilled
-                       and len(load.received) > locked_at + 200, timeout=60)
-            during = len(load.received) - locked_at
-        load.wait_for(len(load.received) + 100)
-    finally:
-        load.stop()
-    assert load.failures == []
-    assert during >= 200
-    flushed(gateway)
-    records = clients.query("outage", omit_payload=True)
-    assert len(records) == len({r.record_id for r in records})
-    assert sorted(r.request_id for r in records) == sorted(load.received)
-    assert (registry.get_sample_value("gateway_request_log_replayed_total",
-                                      {"kind": "request"}) or 0) > 0
+    assert_an_outage_loses_nothing(gateway, clients, "outage",
+                                   write_locked(f"sqlite:///{db_path}"))
 
 
 def test_feedback_joins_before_and_after_duplicates_and_reused_ids(
@@ -321,7 +289,7 @@ journal_budget_mb = {budget / (1 << 20)}
     n = 400
     latencies = []
     try:
-        with database_locked(server.settings.data_dir / "gateway.db"):
+        with write_locked(f"sqlite:///{server.settings.data_dir / 'gateway.db'}"):
             for i in range(n):
                 started = time.monotonic()
                 c.infer("stalled", f"stalled-{i}", features(i))

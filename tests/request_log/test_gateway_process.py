@@ -17,8 +17,8 @@ import pytest
 
 from lifecycle.db import Database, make_engine
 from lifecycle.request_store import RequestStore
+from loadtests.database_lock import write_locked
 from tests.conftest import write_config
-from tests.request_log.conftest import database_locked
 from tests.request_log.gateway_support import AUTH_CONFIG, Clients, Load, metric, metrics
 from tests.support.subprocess_gateway import SubprocessGateway
 from tests.support.waiting import wait_until
@@ -65,7 +65,7 @@ def test_kill_9_mid_load_loses_at_most_the_last_flush_interval_and_duplicates_no
         load.wait_for(300)
         # Halfway the database goes away: from then on the records live only in the
         # journal, so the restart must replay them from it.
-        with database_locked(data / "gateway.db"):
+        with write_locked(f"sqlite:///{data / 'gateway.db'}"):
             seen = len(load.received)
             load.wait_for(seen + 500)
             assert gw.process is not None
@@ -123,7 +123,7 @@ def test_sigterm_writes_every_queued_record_and_a_locked_database_keeps_them_jou
     # up on the database after stop_timeout_s) and the next start replays them.
     gw = SubprocessGateway(config, data).start()
     try:
-        with database_locked(data / "gateway.db"):
+        with write_locked(f"sqlite:///{data / 'gateway.db'}"):
             load2 = Load(connect(gw, clients_of), "fraud", "locked", threads=4,
                          limit=300).start()
             load2.wait_for(300)

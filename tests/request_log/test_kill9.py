@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry
 
 from gateway.request_log import RequestLog, RequestLogConfig
 from lifecycle.request_store import RequestStore
+from loadtests.database_lock import write_locked
 from tests.request_log.conftest import sample
-from tests.support.databases import write_locked
 from tests.support.waiting import wait_until
 
 FLUSH_INTERVAL_S = 0.05

@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy import text
 
 from gateway.pb import admin_pb2 as apb
-from gateway.settings import load_settings
 from lifecycle.db import Database, make_engine
 from lifecycle.request_store import RequestStore
 from tests import onnx_models
@@ -21,9 +20,10 @@ from tests.conftest import write_config
 from tests.request_log.gateway_support import (
     AUTH_CONFIG,
     Clients,
-    Load,
+    assert_an_outage_loses_nothing,
     by_request_id,
     features,
+    flushed,
 )
 from tests.support.databases import PostgresServer, only
 from tests.support.inprocess import InProcessGateway
@@ -40,10 +40,9 @@ url = "{url}"
 flush_interval_ms = 20
 """
     config = write_config(root / "gateway.toml", models, AUTH_CONFIG + extra)
-    settings = load_settings(config, env={}, overrides={
-        "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": root / "data"})
-    assert settings.effective_database_url == url
-    return InProcessGateway(settings).start()
+    server = InProcessGateway.start_from(config, root / "data")
+    assert server.settings.effective_database_url == url
+    return server
 
 
 @pytest.fixture
@@ -59,11 +58,6 @@ def clients(gateway: InProcessGateway) -> Iterator[Clients]:
     c = Clients(gateway.grpc_address, gateway.admin_address)
     yield c
     c.close()
-
-
-def flushed(gateway: InProcessGateway, timeout: float = 30) -> None:
-    assert gateway.app.request_log is not None
-    assert gateway.app.request_log.flush(timeout)
 
 
 def register(clients: Clients, model: str, data: bytes) -> apb.RegisterVersionResponse:
@@ -131,32 +125,4 @@ def test_registry_serving_request_log_and_feedback_on_postgresql(
 
 def test_postgresql_stopped_and_restarted_under_load_fails_no_inference_and_loses_nothing(
         gateway: InProcessGateway, clients: Clients, postgres_server: PostgresServer) -> None:
-    registry = gateway.app.metrics.registry
-
-    def value(name: str, **labels: str) -> float:
-        return registry.get_sample_value(name, labels) or 0.0
-
-    failed = value("gateway_request_log_failed_inserts_total")
-    spilled = value("gateway_request_log_spilled_total", kind="request")
-    load = Load(clients, "fraud", "outage", threads=3).start()
-    try:
-        load.wait_for(100)
-        with postgres_server.stopped():
-            stopped_at = len(load.received)
-            # Serving goes on from memory; the log's inserts fail and batches spill to the
-            # journal.
-            wait_until(lambda: value("gateway_request_log_failed_inserts_total") > failed
-                       and value("gateway_request_log_spilled_total", kind="request") > spilled
-                       and len(load.received) > stopped_at + 200, timeout=60)
-            during = len(load.received) - stopped_at
-        # Started again: the journal replays, and serving never noticed.
-        load.wait_for(len(load.received) + 100)
-    finally:
-        load.stop()
-    assert load.failures == []
-    assert during >= 200
-    flushed(gateway, timeout=60)
-    records = clients.query("fraud", omit_payload=True)
-    assert len(records) == len({r.record_id for r in records})
-    assert sorted(r.request_id for r in records) == sorted(load.received)
-    assert value("gateway_request_log_replayed_total", kind="request") > 0
+    assert_an_outage_loses_nothing(gateway, clients, "fraud", postgres_server.stopped())

@@ -23,9 +23,9 @@ from gateway.types import InferInput, InferOutput
 from lifecycle.db import Database
 from lifecycle.request_export import build_training_set
 from lifecycle.request_store import RequestStore
+from loadtests.database_lock import write_locked
 from tests.request_log.conftest import record, sample
 from tests.request_log.test_records import arrays_of_every_datatype, expected_bytes
-from tests.support.databases import write_locked
 from tests.support.waiting import wait_until
 
 MakeLog = Callable[..., tuple[RequestLog, CollectorRegistry]]

@@ -11,7 +11,7 @@ from lifecycle.db import Database
 from lifecycle.errors import NotFoundError, StorageUnavailable
 from lifecycle.request_records import FeedbackEntry, Label, RequestEntry, Tensor, encode_tensors
 from lifecycle.request_store import RequestStore
-from tests.support.databases import write_locked
+from loadtests.database_lock import write_locked
 
 _ids = itertools.count(1)
 

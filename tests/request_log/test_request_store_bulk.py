@@ -24,8 +24,9 @@ from lifecycle.db import Database, make_engine, migrate
 from lifecycle.errors import InvalidArgument, StorageUnavailable
 from lifecycle.request_records import RequestEntry, Tensor, encode_tensors
 from lifecycle.request_store import PG_COPY_MIN_ROWS, RequestStore
+from loadtests.database_lock import write_locked
 from tests.request_log.conftest import record, sample
-from tests.support.databases import PostgresServer, only, write_locked
+from tests.support.databases import PostgresServer, only
 
 _ids = itertools.count(1)
 BATCH = PG_COPY_MIN_ROWS * 2 + 3

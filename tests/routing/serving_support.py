@@ -20,7 +20,6 @@ from gateway.pb import feedback_pb2 as fpb
 from gateway.pb import feedback_pb2_grpc
 from gateway.pb import grpc_service_pb2 as ipb
 from gateway.pb import grpc_service_pb2_grpc as ipb_grpc
-from gateway.settings import load_settings
 from tests.admin.helpers import OPERATOR_TOKEN, Admin
 from tests.conftest import write_config
 from tests.onnx_models import IR_VERSION, OPSET
@@ -75,9 +74,7 @@ def gather_model(offset: int = 0, table: tuple[float, float] = (0.8, 0.2)) -> by
 def start_gateway(root: Path, models: dict[str, Path], extra: str = "") -> InProcessGateway:
     """An in-process gateway seeding ``models`` (name → artifact), with the operator token."""
     config = write_config(root / "gateway.toml", models, AUTH + extra)
-    settings = load_settings(config, env={}, overrides={
-        "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": root / "data"})
-    return InProcessGateway(settings).start()
+    return InProcessGateway.start_from(config, root / "data")
 
 
 def features(i: int, *, first: float | None = None) -> np.ndarray:

@@ -12,7 +12,6 @@ import pytest
 
 from gateway.pb import grpc_service_pb2 as ipb
 from gateway.pb import grpc_service_pb2_grpc as ipb_grpc
-from gateway.settings import load_settings
 from tests import onnx_models
 from tests.admin.helpers import Admin
 from tests.conftest import write_config
@@ -46,9 +45,7 @@ def replicas(tmp_path: Path, model_files: dict[str, Path]
     for name in ("a", "b"):
         config = write_config(tmp_path / f"{name}.toml", {MODEL: model_files["logreg"]},
                               AUTH + "[traffic]\npolicy_sync_s = 0.2\n")
-        settings = load_settings(config, env={}, overrides={
-            "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": data})
-        started.append(InProcessGateway(settings).start())
+        started.append(InProcessGateway.start_from(config, data))
     yield started[0], started[1]
     for gateway in started:
         gateway.stop()

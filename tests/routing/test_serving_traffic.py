@@ -15,7 +15,6 @@ import pytest
 from gateway.pb import admin_pb2 as apb
 from gateway.pb import grpc_service_pb2 as ipb
 from gateway.pb import grpc_service_pb2_grpc as ipb_grpc
-from gateway.settings import load_settings
 from tests import onnx_models
 from tests.admin.helpers import OPERATOR_TOKEN, Admin
 from tests.conftest import write_config
@@ -31,9 +30,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory,
     """``fraud`` with versions 1 (production, seeded) to 4 (registered, same signature)."""
     root = tmp_path_factory.mktemp("traffic")
     config = write_config(root / "gateway.toml", {MODEL: model_files["logreg"]}, AUTH)
-    settings = load_settings(config, env={}, overrides={
-        "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": root / "data"})
-    server = InProcessGateway(settings).start()
+    server = InProcessGateway.start_from(config, root / "data")
     with grpc.insecure_channel(server.admin_address) as channel:
         admin = Admin(channel)
         for seed in (7, 11, 13):

@@ -16,7 +16,6 @@ are deselected at collection (``deselect_unselected_backends``), never skipped.
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -40,7 +39,6 @@ __all__ = [
     "only",
     "postgres_server",
     "sqlite_url",
-    "write_locked",
 ]
 
 ENV_URL = "GATEWAY_TEST_POSTGRES_URL"
@@ -183,30 +181,3 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     url, name = server.create_database()
     yield url
     server.drop_database(name)
-
-
-@contextmanager
-def write_locked(url: str) -> Iterator[None]:
-    """Another connection holds the database's write lock for the block, so every write
-    fails once its lock wait runs out (reads go on): SQLite's ``BEGIN EXCLUSIVE``;
-    PostgreSQL's ``LOCK TABLE … IN EXCLUSIVE MODE`` on every table of the schema."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        locker = sqlite3.connect(parsed.database or "", isolation_level=None, timeout=10)
-        try:
-            locker.execute("BEGIN EXCLUSIVE")
-            yield
-            locker.execute("COMMIT")
-        finally:
-            locker.close()
-        return
-    engine = create_engine(parsed, poolclass=NullPool)
-    try:
-        with engine.connect() as conn, conn.begin():
-            tables = conn.exec_driver_sql(
-                "SELECT quote_ident(tablename) FROM pg_tables "
-                "WHERE schemaname = current_schema() ORDER BY tablename").scalars().all()
-            conn.exec_driver_sql(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
-            yield
-    finally:
-        engine.dispose()

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from gateway.app import GatewayApp
-from gateway.settings import Settings
+from gateway.settings import Settings, load_settings
 
 
 class InProcessGateway:
@@ -21,6 +22,15 @@ class InProcessGateway:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="gateway-loop",
                                         daemon=True)
+
+    @classmethod
+    def start_from(cls, config: Path, data_dir: Path,
+                   env: Mapping[str, str] | None = None) -> InProcessGateway:
+        """A gateway started from ``config`` on loopback ports the OS picks, keeping its
+        state in ``data_dir``; ``env`` stands for the process environment (none by default)."""
+        settings = load_settings(config, env=dict(env or {}), overrides={
+            "grpc_port": 0, "http_port": 0, "admin_port": 0, "data_dir": data_dir})
+        return cls(settings).start()
 
     def start(self, timeout: float = 60) -> InProcessGateway:
         self._thread.start()

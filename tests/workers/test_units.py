@@ -3,6 +3,7 @@ metric files and their merge, and the settings a worker runs with."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -45,17 +46,14 @@ def test_a_reserved_port_takes_reuseport_listeners_and_refuses_everything_else()
             reserve_port("127.0.0.1", port).close()  # another supervisor
         with listener(port, reuse_port=True) as a, listener(port, reuse_port=True) as b:
             # The reservation never listens: every connection goes to a worker.
-            with socket.create_connection(("127.0.0.1", port), timeout=5):
-                pass
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
             a.settimeout(0.2)
             b.settimeout(0.2)
             accepted = 0
             for sock in (a, b):
-                try:
+                with contextlib.suppress(TimeoutError):  # the other worker got it
                     sock.accept()[0].close()
                     accepted += 1
-                except TimeoutError:
-                    pass
             assert accepted == 1
             with pytest.raises(PortInUse):
                 reserve_port("127.0.0.1", port).close()  # workers of another gateway listen
